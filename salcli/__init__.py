@@ -1,0 +1,17 @@
+"""salcli: explain what image classifiers look at.
+
+The command line is ``salcli``; the Python API is ``salcli.explain`` (imported lazily, so that importing the
+package, and ``salcli --help``, do not import torch).
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "explain"]
+
+
+def __getattr__(name: str):
+    if name == "explain":
+        from .api import explain
+
+        return explain
+    raise AttributeError(f"module 'salcli' has no attribute {name!r}")

@@ -1,0 +1,187 @@
+"""The command line. Turns arguments into a RunConfig, runs, and maps errors to exit codes.
+
+Nothing here imports torch at module level: ``salcli --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import __version__
+from .config import build_config
+from .errors import SalcliError
+
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    name="salcli",
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help="Explain what image classifiers look at: saliency maps, overlays and a manifest for folders of images.\n\n"
+         "Example: `salcli explain sample_images -o out` (builtin Fashion-MNIST model, vanilla gradient).",
+)
+
+
+def _stderr():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(exc: SalcliError) -> typer.Exit:
+    kind = {2: "usage error", 3: "model error", 4: "gate failed"}.get(exc.exit_code, "error")
+    _stderr().print(f"[bold red]salcli: {kind}:[/] {exc}", markup=True)
+    return typer.Exit(exc.exit_code)
+
+
+class TerminalReporter:
+    """Progress bar on a terminal only; notes on stderr unless quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+
+    def start(self, total: int) -> None:
+        if not self.quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None and n:
+            self.bar.update(n)
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            _stderr().print(f"[yellow]note:[/] {message}", markup=True)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"salcli {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")) -> None:
+    """salcli: saliency maps for image classifiers, from the command line."""
+
+
+@app.command(epilog="Examples:\n\n"
+             "`salcli explain sample_images -o out`\n\n"
+             "`salcli explain photos/ -o out --model torchvision:resnet50 --weights resnet50.safetensors -m vanilla`\n\n"
+             "`salcli explain imgs/ -o out --model net.py:build --weights ckpt.pt --target 3 --json`")
+def explain(
+    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively).",
+                                        show_default=False),
+    out: Path = typer.Option(..., "-o", "--out", help="Output folder (maps, overlays, manifest.jsonl, run.json)."),
+    model: Optional[str] = typer.Option(None, "--model", help="builtin:NAME, torchvision:NAME, FILE.py:FUNC, "
+                                        "package.module:FUNC, or a .pt/.pth/.ts/.pt2 file. "
+                                        "[default: builtin:fashion-mnist]", show_default=False),
+    weights: Optional[str] = typer.Option(None, "--weights", help="State dict (.safetensors, .pt, .pth, .bin, "
+                                          ".ckpt; read weights-only) or DEFAULT (torchvision's published weights)."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow files that run pickled "
+                                          "code (whole pickled modules, .pt2). Only for files you trust."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML preset (see configs/); "
+                                               "command-line options override it."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Resize the short side to N pixels."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Center-crop N x N pixels after resizing."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406."),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std, e.g. 0.229,0.224,0.225."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="1 (grayscale) or 3 (RGB)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Class names, one per line."),
+    method: Optional[List[str]] = typer.Option(None, "-m", "--method", help="Method name, repeatable "
+                                               "(see `salcli methods`). [default: vanilla]", show_default=False),
+    param: Optional[List[str]] = typer.Option(None, "-p", "--param", help="METHOD.KEY=VALUE, repeatable."),
+    target: Optional[str] = typer.Option(None, "--target", help="pred (top-1), a class index, or a label. "
+                                         "[default: pred]", show_default=False),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Dotted module name for layer methods "
+                                        "(default: found automatically)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps. [default: auto]",
+                                         show_default=False),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="Images per batch, or auto. "
+                                             "[default: auto]", show_default=False),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Image-decoding worker processes "
+                                          "(default: 0 for one batch, else up to 4)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random draw. [default: 0]",
+                                       show_default=False),
+    colormap: Optional[str] = typer.Option(None, "--colormap", help="A matplotlib colormap. [default: jet]",
+                                           show_default=False),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Opacity of the heatmap over the image. "
+                                          "[default: 0.5]", show_default=False),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: take the I-th (from 0) of N disjoint "
+                                        "slices. Default: torchrun's RANK/WORLD_SIZE or a Slurm array."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as one JSON object on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
+) -> None:
+    """Explain every image with each method: write OUT/<method>/<image>.npy and .png, manifest.jsonl, run.json.
+
+    Exit codes: 0 all explained or skipped; 1 some images failed (the manifest says which); 2 usage error;
+    3 model could not be loaded; 130 interrupted (rerun the same command to resume).
+    """
+    cli = {"inputs": inputs, "out": out, "model": model, "weights": weights,
+           "trust_checkpoint": trust_checkpoint or None, "config_file": config_file, "resize": resize,
+           "crop": crop, "mean": mean, "std": std, "channels": channels, "labels": labels, "methods": method,
+           "params": param, "target": target, "layer": layer, "device": device, "batch_size": batch_size,
+           "workers": workers, "seed": seed, "colormap": colormap, "alpha": alpha,
+           "overwrite": overwrite or None, "shard": shard, "json": as_json or None, "quiet": quiet or None}
+    try:
+        config = build_config(cli)
+        from .pipeline import run
+
+        summary = run(config, TerminalReporter(config.quiet), argv=sys.argv)
+    except SalcliError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        _stderr().print("salcli: interrupted; what was written is whole. Run the same command to resume.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    console = _stderr()
+    for err in summary.errors:
+        console.print(f"[red]failed:[/] {err['image']} ({err['method']}): {err['error']}", markup=True)
+    if as_json:
+        typer.echo(json.dumps(summary.to_json()))
+    elif not config.quiet:
+        c = summary.counts
+        console.print(f"{summary.images} image(s): {c.get('ok', 0)} written, {c.get('skipped', 0)} skipped, "
+                      f"{c.get('error', 0)} failed (image x method) in {summary.seconds:.1f} s on "
+                      f"{summary.device} -> {summary.out}")
+    raise typer.Exit(summary.exit_code)
+
+
+@app.command("methods")
+def list_methods(as_json: bool = typer.Option(False, "--json", help="Print the registry as JSON.")) -> None:
+    """List every registered method with its parameters, defaults, map convention and cost."""
+    from .methods import describe
+
+    rows = describe()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="salcli methods", show_lines=True)
+    for col in ("method", "paper", "map convention", "passes per image", "parameters (default)"):
+        table.add_column(col)
+    for r in rows:
+        params = "\n".join(f"{p['name']}={p['default']}" for p in r["params"]) or "-"
+        table.add_row(r["name"] + (" (layer)" if r["needs_layer"] else ""), r["paper"], r["convention"],
+                      r["passes"], params)
+    Console().print(table)
+
+
+def run() -> None:
+    app()

@@ -1,0 +1,212 @@
+"""Image discovery, safe decoding and preprocessing, and a Dataset that records bad files instead of raising.
+
+Decoding follows Pillow's traps: ``exif_transpose``; palette and alpha images composited onto black; CMYK
+and other modes converted to RGB; 16-bit images scaled (not clipped) to 8 bits; decompression bombs refused.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .config import Preprocess
+from .errors import UsageError
+
+EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own warning threshold
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    path: Path  # where to read it
+    key: str  # relative path with '/' separators: output names and random seeds derive from it
+
+
+class ImageError(Exception):
+    """A file that cannot be used as an image; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+def discover(inputs: list[Path] | tuple[Path, ...], exclude: Path | None = None) -> list[ImageItem]:
+    """Image files under ``inputs`` (files and folders, recursive), sorted by relative path.
+
+    Keys are relative to the deepest folder holding every input (a folder input counts as itself), so one
+    folder gives paths inside it and several inputs keep their distinguishing folder names. A symlinked
+    folder is visited once; a symlink cycle is not followed. The folder ``exclude`` (the output folder) is
+    never searched, so a run's own overlays are not taken as inputs by the next run.
+    """
+    if not inputs:
+        raise UsageError("give at least one image file or folder")
+    roots = []
+    for p in inputs:
+        if not p.exists():
+            raise UsageError(f"input not found: {p}")
+        roots.append(p.resolve() if p.is_dir() else p.resolve().parent)
+    base = Path(os.path.commonpath([str(r) for r in roots]))
+    files: dict[Path, Path] = {}  # resolved file -> path as found
+    seen_dirs: set[Path] = {exclude.resolve()} if exclude is not None else set()
+    for p in inputs:
+        if p.is_dir():
+            for found in _walk(p, seen_dirs):
+                files.setdefault(found.resolve(), found)
+        elif p.suffix.lower() in EXTENSIONS:
+            files.setdefault(p.resolve(), p)
+        else:
+            raise UsageError(f"{p} is not an image file (extensions: {', '.join(sorted(EXTENSIONS))})")
+    items = {}
+    for resolved, found in files.items():
+        key = _key(found, inputs, base)
+        items.setdefault(key, ImageItem(found, key))
+    return [items[k] for k in sorted(items)]
+
+
+def _walk(root: Path, seen_dirs: set[Path]):
+    real = root.resolve()
+    if real in seen_dirs:
+        return
+    seen_dirs.add(real)
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=True):
+            yield from _walk(path, seen_dirs)
+        elif entry.is_file(follow_symlinks=True) and path.suffix.lower() in EXTENSIONS:
+            yield path
+
+
+def _key(found: Path, inputs, base: Path) -> str:
+    """Relative path of ``found`` under ``base``, following the input it was found through (keeps
+    symlinked folder names as the user sees them)."""
+    for p in inputs:
+        start = p if p.is_dir() else p.parent
+        try:
+            rel_in = found.relative_to(start)
+        except ValueError:
+            continue
+        prefix = start.resolve().relative_to(base)
+        return (prefix / rel_in).as_posix()
+    return found.name
+
+
+def shard(items: list[ImageItem], index: int, count: int) -> list[ImageItem]:
+    """The ``index``-th of ``count`` disjoint slices (round robin over the sorted list)."""
+    return items[index::count]
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+def decode(path: Path) -> Image.Image:
+    """Open, fully decode and normalize an image to mode ``RGB`` or ``L``; raises ``ImageError``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ImageError(f"refused: {im.width}x{im.height} pixels is over the decompression-bomb "
+                                     f"limit of {MAX_PIXELS:,}")
+                im.load()
+                im = ImageOps.exif_transpose(im)
+                return _to_standard_mode(im)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"refused as a decompression bomb: {exc}") from None
+    except Image.UnidentifiedImageError:
+        size = path.stat().st_size if path.exists() else 0
+        what = "an empty file" if size == 0 else "not an image Pillow can read"
+        raise ImageError(f"cannot decode: {what}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"cannot decode ({exc}); the file may be truncated or corrupt") from None
+
+
+def _to_standard_mode(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode in ("RGB", "L"):
+        return im.copy()
+    if mode == "1":
+        return im.convert("L")
+    if mode.startswith("I;16") or mode == "I" or mode == "F":
+        arr = np.asarray(im, dtype=np.float64)
+        if mode == "F":
+            top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0 if arr.max(initial=0) <= 255 else 65535.0
+        elif mode == "I":
+            top = 255.0 if arr.max(initial=0) <= 255 else 65535.0
+        else:
+            top = 65535.0
+        return Image.fromarray(np.clip(np.rint(arr / top * 255.0), 0, 255).astype(np.uint8), "L")
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    if im.mode in ("LA", "La"):
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "RGBa"):
+        background = Image.new("RGBA", im.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, im.convert("RGBA")).convert("RGB")
+    return im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX ...
+
+
+# ---------------------------------------------------------------------------------------------- preprocessing
+def prepare(im: Image.Image, pre: Preprocess) -> np.ndarray:
+    """Resize the short side to ``pre.resize`` (antialiased, ``pre.interpolation``), center-crop ``pre.crop``, convert to
+    ``pre.channels``: returns uint8 (crop, crop, channels), the picture the model sees before normalization."""
+    im = im.convert("L" if pre.channels == 1 else "RGB")
+    w, h = im.size
+    scale = pre.resize / min(w, h)
+    nw, nh = max(pre.crop, round(w * scale)), max(pre.crop, round(h * scale))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), RESAMPLE[pre.interpolation], reducing_gap=None)
+    left, top = (nw - pre.crop) // 2, (nh - pre.crop) // 2
+    im = im.crop((left, top, left + pre.crop, top + pre.crop))
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def normalize(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """uint8 (H, W, C) -> float32 (C, H, W), ``(x / 255 - mean) / std``."""
+    mean, std = pre.per_channel()
+    x = pixels.astype(np.float32).transpose(2, 0, 1) / 255.0
+    return (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+
+
+class ImageDataset:
+    """Items are dicts: ``index``, ``key``, and either ``pixels`` + ``tensor`` or ``error``.
+
+    A file that cannot be decoded becomes an error record; it never raises, so a DataLoader worker survives.
+    """
+
+    def __init__(self, items: list[ImageItem], pre: Preprocess) -> None:
+        self.items, self.pre = items, pre
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        try:
+            pixels = prepare(decode(item.path), self.pre)
+        except ImageError as exc:
+            return {"index": index, "key": item.key, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - any other failure is still this one file's failure
+            return {"index": index, "key": item.key, "error": f"{type(exc).__name__}: {exc}"}
+        return {"index": index, "key": item.key, "pixels": pixels, "tensor": normalize(pixels, self.pre)}
+
+
+def collate(records: list[dict]) -> dict:
+    """Stack the good records, pass the failed ones through; an all-bad batch has ``tensor`` None."""
+    import torch
+
+    good = [r for r in records if "error" not in r]
+    return {
+        "good": [{k: r[k] for k in ("index", "key", "pixels")} for r in good],
+        "tensor": torch.from_numpy(np.stack([r["tensor"] for r in good])) if good else None,
+        "errors": [r for r in records if "error" in r],
+    }

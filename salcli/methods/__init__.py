@@ -1,0 +1,7 @@
+"""Attribution methods. Importing this package registers every method (one module per family)."""
+
+from . import gradient  # noqa: F401  (registers methods)
+from .base import Context, Method, image_seed
+from .registry import REGISTRY, create, describe, get, names, register
+
+__all__ = ["Context", "Method", "REGISTRY", "create", "describe", "get", "image_seed", "names", "register"]

@@ -1,0 +1,190 @@
+"""The only module that writes files: output paths, atomic writes, the manifest, run.json, resume.
+
+Every file appears whole or not at all: it is written under a temporary name in the same folder, then
+renamed. The manifest and run.json are merged under a file lock, so shards writing into one OUT agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import json
+import os
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.jsonl"
+RUN_JSON = "run.json"
+PNG_COMPRESS_LEVEL = 1  # Pillow's default 6 is several times slower for little gain on overlays
+
+
+def npy_rel(method: str, key: str) -> str:
+    return f"{method}/{key}.npy"
+
+
+def png_rel(method: str, key: str) -> str:
+    return f"{method}/{key}.png"
+
+
+def _safe_join(out: Path, rel: str) -> Path:
+    """OUT / rel, refusing anything that would land outside OUT."""
+    parts = PurePosixPath(rel).parts
+    if PurePosixPath(rel).is_absolute() or ".." in parts:
+        raise ValueError(f"refusing to write outside the output folder: {rel}")
+    return out.joinpath(*parts)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(final: Path, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_npy(final: Path, array: np.ndarray) -> None:
+    with atomic_path(final) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+
+
+def write_png(final: Path, image: np.ndarray) -> None:
+    # Saving to a real file (not a BytesIO) lets Pillow release the GIL while it compresses.
+    with atomic_path(final) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """An exclusive lock on OUT/.salcli.lock for read-merge-write of shared files."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".salcli.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_manifest(out: Path) -> list[dict[str, Any]]:
+    """The manifest's records; unreadable lines are ignored (the file is always written whole)."""
+    path = out / MANIFEST
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return records
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str)
+
+
+class OutputWriter:
+    """Writes maps and overlays in a thread pool; keeps the run's manifest records.
+
+    ``previous`` maps (image, method) to the last manifest record for resume decisions.
+    """
+
+    def __init__(self, out: Path, threads: int = 2) -> None:
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        self.previous = {(r.get("image"), r.get("method")): r for r in read_manifest(out)}
+        self.records: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="salcli-writer")
+        self._pending: list[tuple[Future, dict[str, Any]]] = []
+
+    # -- resume
+    def done_before(self, key: str, method: str, settings: str) -> dict[str, Any] | None:
+        """The earlier record if (key, method) was written whole with the same settings, else None."""
+        rec = self.previous.get((key, method))
+        if not rec or rec.get("status") not in ("ok", "skipped") or rec.get("settings") != settings:
+            return None
+        if not (_safe_join(self.out, npy_rel(method, key)).exists()
+                and _safe_join(self.out, png_rel(method, key)).exists()):
+            return None
+        return rec
+
+    # -- writing
+    def submit(self, record: dict[str, Any], saliency: np.ndarray, render: Callable[[], np.ndarray]) -> None:
+        """Queue the .npy and the overlay of one (image, method); the record becomes ``ok`` once both exist."""
+        key, method = record["image"], record["method"]
+        record = {**record, "npy": npy_rel(method, key), "overlay": png_rel(method, key)}
+        future = self._pool.submit(self._write_pair, record, saliency, render)
+        self._pending.append((future, record))
+        if len(self._pending) > 64:
+            self.drain(wait_all=False)
+
+    def _write_pair(self, record: dict[str, Any], saliency: np.ndarray, render: Callable[[], np.ndarray]) -> None:
+        write_npy(_safe_join(self.out, record["npy"]), saliency)
+        write_png(_safe_join(self.out, record["overlay"]), render())
+
+    def drain(self, wait_all: bool = True) -> None:
+        """Collect finished writes (all of them if ``wait_all``); a failed write marks its record ``error``."""
+        keep = []
+        for future, record in self._pending:
+            if not wait_all and not future.done():
+                keep.append((future, record))
+                continue
+            try:
+                future.result()
+                self.add(record)
+            except Exception as exc:  # noqa: BLE001 - one file's failure is recorded, not fatal
+                for rel in ("npy", "overlay"):
+                    with contextlib.suppress(OSError, ValueError):
+                        _safe_join(self.out, record[rel]).unlink(missing_ok=True)
+                self.add({**record, "status": "error", "npy": None, "overlay": None,
+                          "error": f"could not write outputs: {type(exc).__name__}: {exc}"})
+        self._pending = keep
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.records[(record["image"], record["method"])] = record
+
+    def close(self) -> None:
+        self.drain(wait_all=True)
+        self._pool.shutdown(wait=True)
+
+    # -- shared files
+    def write_manifest(self) -> None:
+        """Merge this run's records into OUT/manifest.jsonl (other images' lines are kept), sorted."""
+        with locked(self.out):
+            merged = {(r.get("image"), r.get("method")): r for r in read_manifest(self.out)}
+            merged.update(self.records)
+            lines = [_dumps(merged[k]) for k in sorted(merged, key=lambda k: (str(k[0]), str(k[1])))]
+            write_bytes(self.out / MANIFEST, ("\n".join(lines) + "\n" if lines else "").encode("utf-8"))
+
+    def write_run_json(self, info: dict[str, Any], shard: tuple[int, int] | None) -> None:
+        """OUT/run.json; with shards, each shard's summary is kept under ``shards``."""
+        with locked(self.out):
+            path = self.out / RUN_JSON
+            doc = {"schema_version": SCHEMA_VERSION, **info}
+            if shard is not None:
+                old: dict[str, Any] = {}
+                with contextlib.suppress(OSError, json.JSONDecodeError):
+                    old = json.loads(path.read_text(encoding="utf-8"))
+                shards = old.get("shards", {}) if isinstance(old.get("shards"), dict) else {}
+                shards[f"{shard[0]}/{shard[1]}"] = {k: info[k] for k in ("counts", "timings", "device") if k in info}
+                doc["shards"] = shards
+            buf = io.StringIO()
+            json.dump(doc, buf, indent=2, ensure_ascii=False, default=str)
+            write_bytes(path, (buf.getvalue() + "\n").encode("utf-8"))

@@ -1,0 +1,317 @@
+"""Orchestration: images -> batches -> targets -> methods -> maps -> outputs. Never imports typer.
+
+Terminal output goes through a ``Reporter`` that the caller supplies (``cli.py`` owns the terminal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from . import __version__, images, methods, models, outputs, render
+from .config import Preprocess, RunConfig
+from .errors import ModelLoadError, UsageError, did_you_mean
+
+
+class Reporter(Protocol):
+    def start(self, total: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def note(self, message: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+class SilentReporter:
+    def start(self, total: int) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def note(self, message: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+@dataclass
+class RunSummary:
+    out: str
+    counts: dict[str, int]
+    images: int
+    seconds: float
+    device: str
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.counts.get("error", 0) else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "exit_code": self.exit_code}
+
+
+@dataclass
+class Setup:
+    """Everything resolved before the first image is read."""
+
+    config: RunConfig
+    items: list[images.ImageItem]
+    preprocess: Preprocess
+    labels: tuple[str, ...] | None
+    model: models.LoadedModel
+    device: torch.device
+    methods: list[methods.Method]
+    target: int | None  # None: the top-1 prediction
+    settings: dict[str, str]  # method -> fingerprint of everything its outputs depend on
+    batch_size: int
+    workers: int
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: MPS is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def resolve_target(text: str, labels: tuple[str, ...] | None, num_classes: int) -> int | None:
+    """'pred' -> None; an index or a label -> the class index."""
+    text = str(text).strip()
+    if text == "pred":
+        return None
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if not 0 <= index < num_classes:
+            raise UsageError(f"--target {index} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+        return index
+    if labels is None:
+        raise UsageError(f"--target {text!r}: the model has no class names; give --labels FILE or a class index")
+    folded = {name.lower(): i for i, name in enumerate(labels)}
+    if text.lower() not in folded:
+        raise UsageError(f"--target {text!r} is not a class name.{did_you_mean(text, labels)} "
+                         "Use 'pred', a class index or one of the --labels names")
+    return folded[text.lower()]
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_run(config: RunConfig, reporter: Reporter) -> Setup:
+    """Validate everything and load the model; raises UsageError / ModelLoadError before any work."""
+    if config.out is None:
+        raise UsageError("give an output folder with -o/--out")
+    chosen = [methods.create(name, config.params.get(name)) for name in config.methods]
+    for name in config.params:
+        methods.get(name)  # an unknown method in -p is a usage error, even if not selected
+    render.colormap_lut(config.colormap)
+    items = images.discover(list(config.inputs), exclude=config.out)
+    if config.shard is not None:
+        items = images.shard(items, *config.shard)
+    preprocess, labels, note = models.resolve_preset(config)
+    if note:
+        reporter.note(note)
+    device = resolve_device(config.device)
+    loaded = models.load_model(config.model, config.weights, config.trust_checkpoint)
+    if loaded.scripted:
+        layer_methods = [m.name for m in chosen if m.needs_layer]
+        if layer_methods:
+            raise UsageError(f"{', '.join(layer_methods)} need a layer hook, which TorchScript models cannot "
+                             "take; use an input-gradient method or load the model from a factory")
+    try:
+        loaded.module.to(device)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"could not move the model to {device}: {exc}") from exc
+    num_classes = models.count_outputs(loaded.module, preprocess, device)
+    if labels is not None and len(labels) != num_classes:
+        raise ModelLoadError(f"the model has {num_classes} outputs but there are {len(labels)} class names; "
+                             "give --labels with one name per output, or check --model/--weights")
+    target = resolve_target(config.target, labels, num_classes)
+    common = {"model": config.model, "checksums": loaded.checksums, "weights": config.weights,
+              "preprocess": dataclasses.asdict(preprocess), "target": target, "layer": config.layer,
+              "seed": config.seed, "colormap": config.colormap, "alpha": config.alpha,
+              "labels": fingerprint(labels)}
+    settings = {m.name: fingerprint({**common, "method": m.name, "params": dataclasses.asdict(m.params)})
+                for m in chosen}
+    batch_size = config.batch_size if isinstance(config.batch_size, int) else (64 if device.type == "cuda" else 16)
+    workers = config.workers
+    if workers is None:
+        workers = 0 if len(items) <= batch_size else min(4, max(1, (os.cpu_count() or 1)))
+    return Setup(config, items, preprocess, labels, loaded, device, chosen, target, settings, batch_size, workers)
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def run(config: RunConfig, reporter: Reporter | None = None, argv: list[str] | None = None) -> RunSummary:
+    """Explain every image with every method; write maps, overlays, manifest and run.json."""
+    reporter = reporter or SilentReporter()
+    started = time.time()
+    setup = prepare_run(config, reporter)
+    loaded_at = time.time()
+    writer = outputs.OutputWriter(config.out)
+    todo = _plan(setup, writer)
+    interrupted = False
+    reporter.start(len(setup.items))
+    reporter.advance(len(setup.items) - len(todo))
+    try:
+        _explain(setup, todo, writer, reporter)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        writer.close()
+        reporter.finish()
+        writer.write_manifest()
+        finished = time.time()
+        counts = {s: 0 for s in ("ok", "error", "skipped")}
+        for rec in writer.records.values():
+            counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+        computed = len(todo)
+        timings = {"started": started, "seconds": round(finished - started, 3),
+                   "setup_seconds": round(loaded_at - started, 3),
+                   "images_per_second": round(computed / max(finished - loaded_at, 1e-9), 3) if computed else None}
+        writer.write_run_json(_run_info(setup, counts, timings, argv, interrupted), config.shard)
+    errors = [{"image": r["image"], "method": r["method"], "error": r["error"]}
+              for r in writer.records.values() if r["status"] == "error"]
+    return RunSummary(str(config.out), counts, len(setup.items), round(time.time() - started, 3),
+                      str(setup.device), errors)
+
+
+def _plan(setup: Setup, writer: outputs.OutputWriter) -> list[int]:
+    """Indices of images with at least one method to compute; records skips for the rest."""
+    todo = []
+    for index, item in enumerate(setup.items):
+        pending = False
+        for m in setup.methods:
+            prev = None if setup.config.overwrite else writer.done_before(item.key, m.name, setup.settings[m.name])
+            if prev is None:
+                pending = True
+            else:
+                writer.add({**prev, "status": "skipped", "error": None})
+        if pending:
+            todo.append(index)
+    return todo
+
+
+def _explain(setup: Setup, todo: list[int], writer: outputs.OutputWriter, reporter: Reporter) -> None:
+    if not todo:
+        return
+    dataset = images.ImageDataset(setup.items, setup.preprocess)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, todo), batch_size=setup.batch_size, shuffle=False,
+        num_workers=setup.workers, collate_fn=images.collate, persistent_workers=False,
+        prefetch_factor=2 if setup.workers else None, pin_memory=setup.device.type == "cuda")
+    for batch in loader:
+        for bad in batch["errors"]:
+            for m in setup.methods:
+                writer.add(_record(bad["key"], m.name, setup.settings[m.name], status="error", error=bad["error"]))
+        if batch["tensor"] is not None:
+            _explain_batch(setup, batch, writer)
+        reporter.advance(len(batch["good"]) + len(batch["errors"]))
+        writer.drain(wait_all=False)
+
+
+def _explain_batch(setup: Setup, batch: dict, writer: outputs.OutputWriter) -> None:
+    model, good = setup.model.module, batch["good"]
+    x = batch["tensor"].to(setup.device, non_blocking=True)
+    keys = [g["key"] for g in good]
+    pending = {m.name: [i for i, k in enumerate(keys)
+                        if setup.config.overwrite or (k, m.name) not in writer.records] for m in setup.methods}
+    use_primal = any(m.uses_primal and len(pending[m.name]) == len(keys) for m in setup.methods)
+    with torch.enable_grad() if use_primal else torch.no_grad():
+        x_leaf = x.detach().requires_grad_(use_primal)
+        logits = model(x_leaf)
+    probs = torch.softmax(logits.detach().float(), dim=1)
+    pred = probs.argmax(dim=1)
+    target = pred if setup.target is None else torch.full_like(pred, setup.target)
+    primal = (x_leaf, logits) if use_primal else None
+    facts = _facts(setup, logits.detach(), probs, pred, target)
+    for m in setup.methods:
+        idx = pending[m.name]
+        if not idx:
+            continue
+        sel = torch.tensor(idx, device=x.device)
+        ctx = methods.Context(keys=[keys[i] for i in idx], seed=setup.config.seed,
+                              primal=primal if (m.uses_primal and len(idx) == len(keys)) else None)
+        if ctx.primal is not None:
+            primal = None  # the graph is spent by one backward pass
+        try:
+            saliency = m.attribute(model, x[sel], target[sel], ctx).detach().float().cpu().numpy()
+        except Exception as exc:  # noqa: BLE001 - a method failing on a batch fails those images only
+            for i in idx:
+                writer.add(_record(keys[i], m.name, setup.settings[m.name], status="error",
+                                   error=f"{m.name} failed: {type(exc).__name__}: {exc}", **facts[i]))
+            continue
+        for row, i in enumerate(idx):
+            record = _record(keys[i], m.name, setup.settings[m.name], status="ok", error=None, **facts[i])
+            writer.submit(record, saliency[row], _renderer(setup, good[i]["pixels"], saliency[row], facts[i]))
+
+
+def _facts(setup: Setup, logits, probs, pred, target) -> list[dict[str, Any]]:
+    label = (lambda i: setup.labels[i]) if setup.labels else (lambda i: None)
+    pred_l, target_l = pred.tolist(), target.tolist()
+    prob = probs.gather(1, pred.view(-1, 1)).squeeze(1).tolist()
+    score = logits.float().gather(1, target.view(-1, 1)).squeeze(1).tolist()
+    return [{"pred": p, "pred_label": label(p), "prob": round(pr, 6), "target": t, "target_label": label(t),
+             "score": round(s, 6)} for p, pr, t, s in zip(pred_l, prob, target_l, score)]
+
+
+def _renderer(setup: Setup, pixels: np.ndarray, saliency: np.ndarray, facts: dict[str, Any]):
+    name = facts["pred_label"] if facts["pred_label"] is not None else f"class {facts['pred']}"
+    caption = f"pred {name} {facts['prob']:.0%}"
+    if facts["target"] != facts["pred"]:
+        caption += f" | map for {facts['target_label'] or facts['target']}"
+    return lambda: render.overlay(pixels, saliency, setup.config.colormap, setup.config.alpha, caption)
+
+
+def _record(key: str, method: str, settings: str, **fields: Any) -> dict[str, Any]:
+    base = {"image": key, "method": method, "status": None, "error": None, "npy": None, "overlay": None,
+            "pred": None, "pred_label": None, "prob": None, "target": None, "target_label": None, "score": None,
+            "settings": settings, "schema_version": outputs.SCHEMA_VERSION}
+    return {**base, **fields}
+
+
+def _run_info(setup: Setup, counts: dict[str, int], timings: dict[str, Any], argv, interrupted: bool) -> dict:
+    import PIL
+    import torchvision
+
+    config = setup.config
+    return {
+        "salcli_version": __version__,
+        "argv": argv,
+        "settings": config.to_json(),
+        "model": {"spec": config.model, "kind": setup.model.kind, "weights": config.weights,
+                  "sha256": setup.model.checksums, "trusted": config.trust_checkpoint},
+        "preprocess": dataclasses.asdict(setup.preprocess),
+        "labels": list(setup.labels) if setup.labels else None,
+        "methods": {m.name: {"params": dataclasses.asdict(m.params), "settings": setup.settings[m.name]}
+                    for m in setup.methods},
+        "seed": config.seed,
+        "device": str(setup.device),
+        "batch_size": setup.batch_size,
+        "workers": setup.workers,
+        "images": len(setup.items),
+        "counts": counts,
+        "interrupted": interrupted,
+        "timings": timings,
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
+                     "torchvision": torchvision.__version__, "numpy": np.__version__, "pillow": PIL.__version__,
+                     "platform": platform.platform()},
+    }
+
