@@ -25,8 +25,8 @@ class Preprocess:
 
     resize: int = 224
     crop: int = 224
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
     channels: int = 3
     interpolation: str = "bilinear"
 
@@ -47,11 +47,10 @@ class Preprocess:
                                  f"channel(s); give 1 or {self.channels} comma-separated numbers")
         if any(s <= 0 for s in self.std):
             raise UsageError("--std values must be positive")
+        for name in ("mean", "std"):  # one value per channel from here on
+            values = tuple(float(v) for v in getattr(self, name))
+            object.__setattr__(self, name, values * self.channels if len(values) == 1 else values)
 
-    def per_channel(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Mean and std expanded to one value per channel."""
-        expand = lambda v: tuple(v) * self.channels if len(v) == 1 else tuple(v)  # noqa: E731
-        return expand(self.mean), expand(self.std)
 
 
 @dataclass(frozen=True)
@@ -93,6 +92,7 @@ class RunConfig:
 # Keys a TOML preset may set at its top level, with the type each must have.
 TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "model": str, "weights": str, "trust_checkpoint": bool, "labels": (str, list), "methods": list,
+    "method": (str, list),
     "target": (str, int), "layer": str, "device": str, "batch_size": (int, str), "workers": int,
     "seed": int, "colormap": str, "alpha": (int, float), "preprocess": dict, "description": str,
 }
@@ -112,6 +112,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         data["params"] = method_tables
     elif method_tables is not None:
         data["methods"] = method_tables
+    if "method" in data:  # `method = [...]` lists methods beside [methods.NAME] parameter tables
+        chosen = data.pop("method")
+        data["methods"] = [chosen] if isinstance(chosen, str) else chosen
     for key, value in data.items():
         if key == "params":
             continue

@@ -172,7 +172,7 @@ def prepare(im: Image.Image, pre: Preprocess) -> np.ndarray:
 
 def normalize(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
     """uint8 (H, W, C) -> float32 (C, H, W), ``(x / 255 - mean) / std``."""
-    mean, std = pre.per_channel()
+    mean, std = pre.mean, pre.std
     x = pixels.astype(np.float32).transpose(2, 0, 1) / 255.0
     return (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
 

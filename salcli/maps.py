@@ -31,7 +31,9 @@ def display_scale(m: np.ndarray, percentile: float = 99.0) -> np.ndarray:
     (the ``.npy`` keeps the sign). A constant or all-zero map gives zeros.
     """
     a = np.abs(np.nan_to_num(m.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0))
-    top = np.percentile(a, percentile) if a.size else 0.0
+    if not a.size or a.max() == a.min():
+        return np.zeros_like(a, dtype=np.float32)  # a constant map has nothing to show
+    top = np.percentile(a, percentile)
     if top <= 0:
         top = a.max(initial=0.0)
     if top <= 0:

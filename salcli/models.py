@@ -60,7 +60,8 @@ def load_model(spec: str, weights: str | None = None, trust: bool = False) -> Lo
         path = _existing(weights, "--weights")
         load_weights(loaded.module, path)
         loaded.checksums[str(path)] = sha256(path)
-    loaded.module.eval()
+    if loaded.kind != "export":  # an exported program is traced in the mode it was exported in
+        loaded.module.eval()
     for p in loaded.module.parameters():
         p.requires_grad_(False)
     return loaded

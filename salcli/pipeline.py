@@ -234,9 +234,17 @@ def _explain_batch(setup: Setup, batch: dict, writer: outputs.OutputWriter) -> N
     pending = {m.name: [i for i, k in enumerate(keys)
                         if setup.config.overwrite or (k, m.name) not in writer.records] for m in setup.methods}
     use_primal = any(m.uses_primal and len(pending[m.name]) == len(keys) for m in setup.methods)
-    with torch.enable_grad() if use_primal else torch.no_grad():
-        x_leaf = x.detach().requires_grad_(use_primal)
-        logits = model(x_leaf)
+    try:
+        with torch.enable_grad() if use_primal else torch.no_grad():
+            x_leaf = x.detach().requires_grad_(use_primal)
+            logits = model(x_leaf)
+    except Exception as exc:  # noqa: BLE001 - the batch fails, the run goes on
+        hint = "; try --batch-size 1" if len(keys) > 1 else ""
+        for m in setup.methods:
+            for i in pending[m.name]:
+                writer.add(_record(keys[i], m.name, setup.settings[m.name], status="error",
+                                   error=f"the model failed on this batch ({type(exc).__name__}: {exc}){hint}"))
+        return
     probs = torch.softmax(logits.detach().float(), dim=1)
     pred = probs.argmax(dim=1)
     target = pred if setup.target is None else torch.full_like(pred, setup.target)

@@ -1,0 +1,387 @@
+"""Image discovery, safe decoding, preprocessing, the never-raising dataset, and a CLI run over bad files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TINY_OPTS, manifest
+from salcli.config import Preprocess
+from salcli.errors import UsageError
+from salcli.images import ImageDataset, ImageError, ImageItem, decode, discover, normalize, prepare
+
+
+def _png(path: Path, size=(4, 4), color=(10, 20, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+def _keys(items) -> list[str]:
+    return [it.key for it in items]
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+def test_discover_recursive_sorted_any_case_extensions(tmp_path):
+    names = ["A.JPG", "b.PnG", "c.jpeg", "d.bmp", "e.GIF", "f.tif", "g.TIFF", "h.webp",
+             "sub/z.png", "sub/deeper/y.Jpg", "Z.png"]
+    for n in names:
+        p = tmp_path / n
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF", ".tif": "TIFF",
+               ".tiff": "TIFF", ".webp": "WEBP"}[p.suffix.lower()]
+        Image.new("RGB", (4, 4)).save(p, format=fmt)
+    for junk in ("notes.txt", "x.png.bak", "README", "sub/data.npy", "sub/model.pt"):
+        (tmp_path / junk).write_text("not an image")
+    items = discover([tmp_path])
+    assert _keys(items) == sorted(names)
+    assert all(isinstance(it, ImageItem) for it in items)
+    assert all("\\" not in it.key and not it.key.startswith("/") for it in items)
+    assert items[_keys(items).index("sub/deeper/y.Jpg")].path.resolve() == (tmp_path / "sub/deeper/y.Jpg").resolve()
+
+
+def test_discover_symlinked_folder_visited_once(tmp_path):
+    _png(tmp_path / "real" / "x.png")
+    _png(tmp_path / "real" / "inner" / "y.png")
+    os.symlink(tmp_path / "real", tmp_path / "link", target_is_directory=True)
+    items = discover([tmp_path])
+    assert len(items) == 2, _keys(items)
+    assert len({it.path.resolve() for it in items}) == 2
+    assert sorted(Path(k).name for k in _keys(items)) == ["x.png", "y.png"]
+
+
+def test_discover_symlink_cycle_terminates_without_duplicates(tmp_path):
+    root = tmp_path / "root"
+    _png(root / "top.png")
+    _png(root / "sub" / "a.png")
+    os.symlink(root, root / "sub" / "loop", target_is_directory=True)  # points at a parent
+    os.symlink(root / "sub", root / "sub" / "self", target_is_directory=True)  # points at itself
+    items = discover([root])
+    assert _keys(items) == ["sub/a.png", "top.png"]
+
+
+def test_discover_skips_the_excluded_output_folder(tmp_path):
+    _png(tmp_path / "cat.png")
+    out = tmp_path / "out"
+    _png(out / "vanilla" / "cat.png.png")
+    _png(out / "nested" / "deep.jpg")
+    assert _keys(discover([tmp_path], exclude=out)) == ["cat.png"]
+    # without exclude the output folder is an ordinary folder
+    assert "out/vanilla/cat.png.png" in _keys(discover([tmp_path]))
+
+
+def test_discover_several_inputs_keep_distinct_keys(tmp_path):
+    _png(tmp_path / "a" / "x.png", color=(1, 1, 1))
+    _png(tmp_path / "b" / "x.png", color=(2, 2, 2))
+    items = discover([tmp_path / "a", tmp_path / "b"])
+    assert _keys(items) == ["a/x.png", "b/x.png"]
+    assert items[0].path.resolve() == (tmp_path / "a" / "x.png").resolve()
+    assert items[1].path.resolve() == (tmp_path / "b" / "x.png").resolve()
+
+
+def test_discover_same_named_files_from_two_folders_stay_distinct(tmp_path):
+    a = _png(tmp_path / "a" / "x.png")
+    b = _png(tmp_path / "b" / "x.png")
+    assert _keys(discover([a, b])) == ["a/x.png", "b/x.png"]
+    assert _keys(discover([tmp_path / "a", b])) == ["a/x.png", "b/x.png"]
+
+
+def test_discover_single_file_key_is_its_name(tmp_path):
+    f = _png(tmp_path / "deep" / "dir" / "photo.PNG")
+    items = discover([f])
+    assert _keys(items) == ["photo.PNG"]
+    assert items[0].path.resolve() == f.resolve()
+
+
+def test_discover_missing_input_is_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="not found"):
+        discover([tmp_path / "nope"])
+    with pytest.raises(UsageError):
+        discover([])
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+def test_decode_16bit_gray_is_scaled_not_clipped(tmp_path):
+    arr = np.array([[65535, 32768], [1000, 0]], dtype=np.uint16)
+    im16 = Image.fromarray(arr)
+    assert im16.mode.startswith("I;16")
+    p = tmp_path / "g16.png"
+    im16.save(p)
+    im = decode(p)
+    assert im.mode == "L"
+    got = np.asarray(im).astype(int)
+    assert got[0, 0] == 255
+    assert abs(got[0, 1] - 128) <= 1
+    assert abs(got[1, 0] - 4) <= 1
+    assert got[1, 1] == 0
+
+
+def test_decode_16bit_gray_low_values_are_not_treated_as_8bit(tmp_path):
+    arr = np.full((3, 3), 200, dtype=np.uint16)  # 200/65535 of full scale: nearly black
+    p = tmp_path / "dark16.png"
+    Image.fromarray(arr).save(p)
+    assert np.asarray(decode(p)).max() <= 1
+
+
+@pytest.mark.parametrize("fmt,ext,tol", [("JPEG", "jpg", 12), ("TIFF", "tif", 0)])
+def test_decode_cmyk_to_rgb(tmp_path, fmt, ext, tol):
+    im = Image.new("CMYK", (8, 8), (0, 0, 0, 0))  # no ink: white
+    im.paste((255, 0, 0, 0), (0, 0, 4, 8))  # left half cyan
+    p = tmp_path / f"cmyk.{ext}"
+    im.save(p, format=fmt)
+    out = decode(p)
+    assert out.mode == "RGB"
+    a = np.asarray(out).astype(int)
+    assert a.shape == (8, 8, 3)
+    assert np.abs(a[4, 6] - [255, 255, 255]).max() <= tol
+    assert np.abs(a[4, 1] - [0, 255, 255]).max() <= tol
+
+
+def test_decode_palette_with_transparency_composited_on_black(tmp_path):
+    im = Image.new("P", (4, 2), 0)
+    im.putpalette([255, 0, 0, 0, 255, 0] + [0, 0, 0] * 254)  # 0 red, 1 green
+    im.paste(1, (2, 0, 4, 2))
+    p = tmp_path / "pal.png"
+    im.save(p, transparency=0)  # red is transparent
+    out = decode(p)
+    assert out.mode == "RGB"
+    a = np.asarray(out)
+    assert (a[:, :2] == 0).all()
+    assert (a[:, 2:] == [0, 255, 0]).all()
+
+
+def test_decode_rgba_alpha_composited_on_black(tmp_path):
+    arr = np.zeros((2, 2, 4), np.uint8)
+    arr[0, 0] = (200, 100, 50, 0)
+    arr[0, 1] = (200, 100, 50, 255)
+    arr[1, 0] = (200, 100, 50, 128)
+    arr[1, 1] = (255, 255, 255, 255)
+    p = tmp_path / "rgba.png"
+    Image.fromarray(arr, "RGBA").save(p)
+    out = decode(p)
+    assert out.mode == "RGB"
+    a = np.asarray(out).astype(int)
+    assert (a[0, 0] == 0).all()
+    assert (a[0, 1] == [200, 100, 50]).all()
+    assert np.abs(a[1, 0] - [100, 50, 25]).max() <= 1
+    assert (a[1, 1] == 255).all()
+
+
+def test_decode_la(tmp_path):
+    arr = np.array([[[200, 0], [200, 255]]], np.uint8)  # (1, 2, 2): L, A
+    p = tmp_path / "la.png"
+    Image.fromarray(arr, "LA").save(p)
+    out = decode(p)
+    assert out.mode in ("RGB", "L")
+    a = np.asarray(out.convert("RGB")).astype(int)
+    assert (a[0, 0] == 0).all()
+    assert (a[0, 1] == 200).all()
+
+
+def test_decode_bilevel_and_gray(tmp_path):
+    one = Image.new("1", (4, 4), 0)
+    one.paste(1, (0, 0, 2, 4))
+    p1 = tmp_path / "bw.png"
+    one.save(p1)
+    out = decode(p1)
+    assert out.mode == "L"
+    a = np.asarray(out)
+    assert (a[:, :2] == 255).all() and (a[:, 2:] == 0).all()
+
+    g = tmp_path / "gray.png"
+    Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4) * 10, "L").save(g)
+    out = decode(g)
+    assert out.mode == "L"
+    np.testing.assert_array_equal(np.asarray(out), np.arange(16, dtype=np.uint8).reshape(4, 4) * 10)
+
+
+def test_decode_applies_exif_orientation(tmp_path):
+    im = Image.new("RGB", (20, 10), (0, 0, 0))
+    im.paste((255, 255, 255), (0, 0, 5, 10))  # left quarter white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    p = tmp_path / "rot.jpg"
+    im.save(p, exif=exif, quality=95)
+    out = decode(p)
+    assert out.size == (10, 20)
+    a = np.asarray(out.convert("L")).astype(int)
+    # the stored left edge becomes the displayed top edge after a 90-degree clockwise turn
+    assert a[:4].mean() > 200 and a[-4:].mean() < 50
+
+
+@pytest.fixture(scope="module")
+def bomb_png(tmp_path_factory) -> Path:
+    p = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("1", (12000, 12000), 0).save(p, optimize=False)
+    return p
+
+
+def test_decode_refuses_decompression_bomb(bomb_png):
+    with pytest.raises(ImageError, match="(?i)bomb|pixels"):
+        decode(bomb_png)
+
+
+def _jpeg_bytes(tmp_path: Path) -> bytes:
+    p = tmp_path / "full.jpg"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(p, quality=90)
+    return p.read_bytes()
+
+
+def test_decode_truncated_jpeg(tmp_path):
+    data = _jpeg_bytes(tmp_path)
+    p = tmp_path / "cut.jpg"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="(?i)truncat|corrupt"):
+        decode(p)
+
+
+def test_decode_empty_file(tmp_path):
+    p = tmp_path / "empty.png"
+    p.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty"):
+        decode(p)
+
+
+def test_decode_text_renamed_png(tmp_path):
+    p = tmp_path / "text.png"
+    p.write_text("hello, I am definitely not a PNG\n" * 4)
+    with pytest.raises(ImageError, match="not an image"):
+        decode(p)
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+@pytest.mark.parametrize("channels", [1, 3])
+def test_prepare_shape_and_dtype(channels):
+    im = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 45, 3), dtype=np.uint8))
+    pre = Preprocess(resize=16, crop=12, mean=(0.5,), std=(0.25,), channels=channels)
+    px = prepare(im, pre)
+    assert px.shape == (12, 12, channels)
+    assert px.dtype == np.uint8
+
+
+def test_prepare_center_crop_after_short_side_resize():
+    im = Image.new("RGB", (40, 20), (255, 0, 0))
+    im.paste((0, 0, 255), (20, 0, 40, 20))  # right half blue
+    pre = Preprocess(resize=10, crop=10, channels=3, interpolation="nearest")
+    px = prepare(im, pre)
+    assert px.shape == (10, 10, 3)
+    assert (px[:, :5] == [255, 0, 0]).all()
+    assert (px[:, 5:] == [0, 0, 255]).all()
+
+
+def test_prepare_gray_source_to_rgb_and_rgb_to_luma():
+    gray = Image.new("L", (8, 8), 77)
+    px = prepare(gray, Preprocess(resize=8, crop=8, channels=3))
+    assert px.shape == (8, 8, 3) and (px == 77).all()
+    rgb = Image.new("RGB", (8, 8), (100, 100, 100))
+    px = prepare(rgb, Preprocess(resize=8, crop=8, mean=(0.0,), std=(1.0,), channels=1))
+    assert px.shape == (8, 8, 1) and (px == 100).all()
+
+
+def test_normalize_matches_formula():
+    rng = np.random.default_rng(3)
+    px = rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    pre = Preprocess(resize=6, crop=5, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    x = normalize(px, pre)
+    assert x.dtype == np.float32 and x.shape == (3, 5, 6)
+    mean, std = np.array(pre.mean), np.array(pre.std)
+    want = ((px.astype(np.float64) / 255.0 - mean) / std).transpose(2, 0, 1)
+    np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5)
+
+    one = Preprocess(resize=6, crop=5, mean=(0.5,), std=(0.25,), channels=3)
+    np.testing.assert_allclose(normalize(px, one), ((px / 255.0 - 0.5) / 0.25).transpose(2, 0, 1),
+                               rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- dataset
+def test_dataset_records_errors_instead_of_raising(tmp_path):
+    good = _png(tmp_path / "good.png", size=(20, 23))
+    bad = tmp_path / "bad.png"
+    bad.write_text("nope")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    missing = tmp_path / "gone.png"  # deleted between discovery and decoding
+    pre = Preprocess(resize=16, crop=16, mean=(0.5,), std=(0.25,))
+    ds = ImageDataset([ImageItem(good, "good.png"), ImageItem(bad, "bad.png"), ImageItem(empty, "empty.jpg"),
+                       ImageItem(missing, "gone.png")], pre)
+    assert len(ds) == 4
+    ok = ds[0]
+    assert "error" not in ok and ok["key"] == "good.png" and ok["index"] == 0
+    assert ok["pixels"].shape == (16, 16, 3) and ok["tensor"].shape == (3, 16, 16)
+    for i in (1, 2, 3):
+        rec = ds[i]
+        assert rec["index"] == i and rec["key"] == ds.items[i].key
+        assert isinstance(rec["error"], str) and rec["error"].strip()
+        assert "tensor" not in rec
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def _write_zoo(folder: Path, bomb_png: Path) -> tuple[list[str], list[str]]:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    rgb = lambda: rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)  # noqa: E731
+
+    good = []
+    Image.fromarray(rgb()).convert("CMYK").save(folder / "cmyk.jpg"); good.append("cmyk.jpg")
+    Image.fromarray(rgb()).convert("CMYK").save(folder / "cmyk.tif"); good.append("cmyk.tif")
+    Image.fromarray(rng.integers(0, 65536, (20, 20), dtype=np.uint16)).save(folder / "deep16.png")
+    good.append("deep16.png")
+    pal = Image.fromarray(rgb()).convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+    pal.save(folder / "palette.png", transparency=0); good.append("palette.png")
+    rgba = np.concatenate([rgb(), rng.integers(0, 256, (20, 24, 1), dtype=np.uint8)], axis=2)
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png"); good.append("rgba.png")
+    Image.fromarray(rgb()[:, :, 0], "L").save(folder / "gray.png"); good.append("gray.png")
+    Image.fromarray(rgb()).save(folder / "same.png"); good.append("same.png")
+    Image.fromarray(rgb()).save(folder / "same.jpg"); good.append("same.jpg")
+    (folder / "sub").mkdir()
+    Image.fromarray(rgb()).save(folder / "sub" / "nested.webp"); good.append("sub/nested.webp")
+
+    bad = []
+    full = folder / "_tmp.jpg"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(full, quality=90)
+    data = full.read_bytes()
+    full.unlink()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2]); bad.append("truncated.jpg")
+    (folder / "empty.png").write_bytes(b""); bad.append("empty.png")
+    (folder / "text.png").write_text("this is text\n"); bad.append("text.png")
+    shutil.copyfile(bomb_png, folder / "bomb.png"); bad.append("bomb.png")
+    (folder / "notes.txt").write_text("ignored, not an image extension")
+    return good, bad
+
+
+def test_cli_survives_a_folder_of_broken_and_unusual_images(cli, tmp_path, bomb_png):
+    folder, out = tmp_path / "zoo", tmp_path / "out"
+    good, bad = _write_zoo(folder, bomb_png)
+    cli("explain", folder, "-o", out, *TINY_OPTS, "--device", "cpu", expect=1)
+
+    for name in good:
+        npy, png = out / "vanilla" / f"{name}.npy", out / "vanilla" / f"{name}.png"
+        assert npy.is_file() and png.is_file(), name
+        m = np.load(npy)
+        assert m.shape == (16, 16) and m.dtype == np.float32 and np.isfinite(m).all(), name
+        with Image.open(png) as im:
+            assert im.mode == "RGB" and min(im.size) >= 16
+    assert not np.array_equal(np.load(out / "vanilla" / "same.png.npy"), np.load(out / "vanilla" / "same.jpg.npy"))
+
+    records = {(r["image"], r["method"]): r for r in manifest(out)}
+    assert set(records) == {(n, "vanilla") for n in good + bad}
+    for name in good:
+        r = records[(name, "vanilla")]
+        assert r["status"] == "ok" and r["error"] is None, r
+        assert r["npy"] == f"vanilla/{name}.npy" and r["overlay"] == f"vanilla/{name}.png"
+    for name in bad:
+        r = records[(name, "vanilla")]
+        assert r["status"] == "error", r
+        assert isinstance(r["error"], str) and r["error"].strip(), r
+        assert not (out / "vanilla" / f"{name}.npy").exists()
+        assert not (out / "vanilla" / f"{name}.png").exists()
+    assert "bomb" in records[("bomb.png", "vanilla")]["error"].lower()
+
+    leftovers = [p for p in (out / "vanilla").rglob("*") if p.name.endswith(".part") or p.name.startswith(".")]
+    assert leftovers == []
