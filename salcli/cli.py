@@ -113,6 +113,9 @@ def explain(
                                          show_default=False),
     batch_size: Optional[str] = typer.Option(None, "--batch-size", help="Images per batch, or auto. "
                                              "[default: auto]", show_default=False),
+    chunk: Optional[str] = typer.Option(None, "--chunk", help="Most model inputs per forward pass for methods "
+                                        "with inner samples (noise samples, steps, masks), or auto "
+                                        "(the larger of --batch-size and 32). [default: auto]", show_default=False),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image-decoding worker processes "
                                           "(default: 0 for one batch, else up to 4)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random draw. [default: 0]",
@@ -136,7 +139,7 @@ def explain(
            "trust_checkpoint": trust_checkpoint or None, "config_file": config_file, "resize": resize,
            "crop": crop, "mean": mean, "std": std, "channels": channels, "labels": labels, "methods": method,
            "params": param, "target": target, "layer": layer, "device": device, "batch_size": batch_size,
-           "workers": workers, "seed": seed, "colormap": colormap, "alpha": alpha,
+           "chunk": chunk, "workers": workers, "seed": seed, "colormap": colormap, "alpha": alpha,
            "overwrite": overwrite or None, "shard": shard, "json": as_json or None, "quiet": quiet or None}
     try:
         config = build_config(cli)

@@ -71,6 +71,7 @@ class RunConfig:
     layer: str | None = None
     device: str = "auto"
     batch_size: int | str = "auto"
+    chunk: int | str = "auto"
     workers: int | None = None
     seed: int = 0
     colormap: str = "jet"
@@ -93,7 +94,8 @@ class RunConfig:
 TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "model": str, "weights": str, "trust_checkpoint": bool, "labels": (str, list), "methods": list,
     "method": (str, list),
-    "target": (str, int), "layer": str, "device": str, "batch_size": (int, str), "workers": int,
+    "target": (str, int), "layer": str, "device": str, "batch_size": (int, str), "chunk": (int, str),
+    "workers": int,
     "seed": int, "colormap": str, "alpha": (int, float), "preprocess": dict, "description": str,
 }
 
@@ -179,14 +181,14 @@ def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[in
     return (i, n)
 
 
-def parse_batch_size(value: str | int) -> int | str:
+def parse_batch_size(value: str | int, option: str = "--batch-size") -> int | str:
     if isinstance(value, int) or str(value).isdigit():
         if int(value) < 1:
-            raise UsageError("--batch-size must be at least 1 (or 'auto')")
+            raise UsageError(f"{option} must be at least 1 (or 'auto')")
         return int(value)
     if value == "auto":
         return "auto"
-    raise UsageError(f"--batch-size takes a positive number or 'auto'; got '{value}'")
+    raise UsageError(f"{option} takes a positive number or 'auto'; got '{value}'")
 
 
 def check_device(device: str) -> str:
@@ -240,6 +242,7 @@ def build_config(cli: dict[str, Any]) -> RunConfig:
     if "labels" in values and isinstance(values["labels"], Path):
         values["labels"] = str(values["labels"])
     values["batch_size"] = parse_batch_size(values.get("batch_size", "auto"))
+    values["chunk"] = parse_batch_size(values.get("chunk", "auto"), "--chunk")
     values["device"] = check_device(values.get("device", "auto"))
     values["shard"] = parse_shard(values.get("shard"))
     if "inputs" in values:

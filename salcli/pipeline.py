@@ -70,6 +70,9 @@ class Setup:
     settings: dict[str, str]  # method -> fingerprint of everything its outputs depend on
     batch_size: int
     workers: int
+    chunk: int  # most model inputs in one forward pass, inner samples included
+    layer: Any = None  # layers.LayerSpec when a method needs one
+    references: dict[str, torch.Tensor] = field(default_factory=dict)  # method -> (R, C, H, W)
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -144,8 +147,17 @@ def prepare_run(config: RunConfig, reporter: Reporter) -> Setup:
         raise ModelLoadError(f"the model has {num_classes} outputs but there are {len(labels)} class names; "
                              "give --labels with one name per output, or check --model/--weights")
     target = resolve_target(config.target, labels, num_classes)
+    layer = None
+    if any(m.needs_layer for m in chosen):
+        from . import layers
+
+        example = torch.zeros(1, preprocess.channels, preprocess.crop, preprocess.crop, device=device)
+        layer = layers.resolve_layer(loaded.module, config.layer, example)
+    references = {m.name: _references(m.params.references, preprocess, device)
+                  for m in chosen if getattr(m.params, "references", "")}
     common = {"model": config.model, "checksums": loaded.checksums, "weights": config.weights,
-              "preprocess": dataclasses.asdict(preprocess), "target": target, "layer": config.layer,
+              "preprocess": dataclasses.asdict(preprocess), "target": target,
+              "layer": layer.name if layer is not None else None,
               "seed": config.seed, "colormap": config.colormap, "alpha": config.alpha,
               "labels": fingerprint(labels)}
     settings = {m.name: fingerprint({**common, "method": m.name, "params": dataclasses.asdict(m.params)})
@@ -154,7 +166,23 @@ def prepare_run(config: RunConfig, reporter: Reporter) -> Setup:
     workers = config.workers
     if workers is None:
         workers = 0 if len(items) <= batch_size else min(4, max(1, (os.cpu_count() or 1)))
-    return Setup(config, items, preprocess, labels, loaded, device, chosen, target, settings, batch_size, workers)
+    chunk = config.chunk if isinstance(config.chunk, int) else max(batch_size, 32)
+    return Setup(config, items, preprocess, labels, loaded, device, chosen, target, settings, batch_size, workers,
+                 chunk, layer, references)
+
+
+def _references(folder: str, preprocess: Preprocess, device: torch.device) -> torch.Tensor:
+    """Reference images (R, C, H, W), preprocessed like the inputs, for methods that draw baselines."""
+    found = images.discover([Path(folder)]) if Path(folder).is_dir() else []
+    tensors = []
+    for item in found:
+        try:
+            tensors.append(images.normalize(images.prepare(images.decode(item.path), preprocess), preprocess))
+        except images.ImageError:
+            continue
+    if not tensors:
+        raise UsageError(f"references {folder!r}: no readable images there; give a folder of reference images")
+    return torch.from_numpy(np.stack(tensors)).to(device)
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -255,19 +283,23 @@ def _explain_batch(setup: Setup, batch: dict, writer: outputs.OutputWriter) -> N
         if not idx:
             continue
         sel = torch.tensor(idx, device=x.device)
-        ctx = methods.Context(keys=[keys[i] for i in idx], seed=setup.config.seed,
-                              primal=primal if (m.uses_primal and len(idx) == len(keys)) else None)
+        ctx = methods.Context(keys=[keys[i] for i in idx], seed=setup.config.seed, layer=setup.layer,
+                              primal=primal if (m.uses_primal and len(idx) == len(keys)) else None,
+                              chunk=setup.chunk, mean=setup.preprocess.mean, std=setup.preprocess.std,
+                              references=setup.references.get(m.name))
         if ctx.primal is not None:
             primal = None  # the graph is spent by one backward pass
         try:
-            saliency = m.attribute(model, x[sel], target[sel], ctx).detach().float().cpu().numpy()
+            result, extras = m.attribute_with_extras(model, x[sel], target[sel], ctx)
+            saliency = result.detach().float().cpu().numpy()
         except Exception as exc:  # noqa: BLE001 - a method failing on a batch fails those images only
             for i in idx:
                 writer.add(_record(keys[i], m.name, setup.settings[m.name], status="error",
                                    error=f"{m.name} failed: {type(exc).__name__}: {exc}", **facts[i]))
             continue
         for row, i in enumerate(idx):
-            record = _record(keys[i], m.name, setup.settings[m.name], status="ok", error=None, **facts[i])
+            record = _record(keys[i], m.name, setup.settings[m.name], status="ok", error=None, **facts[i],
+                             **{name: values[row] for name, values in extras.items()})
             writer.submit(record, saliency[row], _renderer(setup, good[i]["pixels"], saliency[row], facts[i]))
 
 
@@ -313,6 +345,8 @@ def _run_info(setup: Setup, counts: dict[str, int], timings: dict[str, Any], arg
         "seed": config.seed,
         "device": str(setup.device),
         "batch_size": setup.batch_size,
+        "chunk": setup.chunk,
+        "layer": setup.layer.name if setup.layer is not None else None,
         "workers": setup.workers,
         "images": len(setup.items),
         "counts": counts,
