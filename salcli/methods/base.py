@@ -42,9 +42,11 @@ class Context:
         std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
         return (pixels - mean) / std
 
-    def generator(self, i: int) -> torch.Generator:
-        """A CPU generator for image i: draw on the CPU, then move, so draws match on every device."""
-        return torch.Generator().manual_seed(image_seed(self.seed, self.keys[i]))
+    def generator(self, i: int, stream: str = "") -> torch.Generator:
+        """A CPU generator for image i: draw on the CPU, then move, so draws match on every device. A named
+        ``stream`` gives an independent sequence (a baseline's noise is not the method's own draws)."""
+        key = f"{self.keys[i]}#{stream}" if stream else self.keys[i]
+        return torch.Generator().manual_seed(image_seed(self.seed, key))
 
 
 def image_seed(seed: int, key: str) -> int:

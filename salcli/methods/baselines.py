@@ -44,7 +44,8 @@ def make(kind: str, x: torch.Tensor, ctx: Context) -> torch.Tensor:
     if kind == "mean":
         return x.mean(dim=(2, 3), keepdim=True).expand_as(x).clone()
     if kind == "uniform":
-        noise = torch.stack([torch.rand(x.shape[1:], generator=ctx.generator(i), dtype=torch.float32)
+        noise = torch.stack([torch.rand(x.shape[1:], generator=ctx.generator(i, "baseline"),
+                                        dtype=torch.float32)
                              for i in range(x.shape[0])])
         return ctx.from_pixels(noise.to(device=x.device, dtype=x.dtype))
     raise ValueError(f"unknown baseline '{kind}'; choose one of {', '.join(KINDS)}")
