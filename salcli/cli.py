@@ -164,6 +164,112 @@ def explain(
     raise typer.Exit(summary.exit_code)
 
 
+# Model options: the same names and meaning in every command that loads a model.
+MODEL_HELP = ("builtin:NAME, torchvision:NAME, FILE.py:FUNC, package.module:FUNC, or a .pt/.pth/.ts/.pt2 file.")
+
+
+def _model_overrides(model, weights, trust_checkpoint, config_file, resize, crop, mean, std, channels):
+    return {"model": model, "weights": weights, "trust_checkpoint": trust_checkpoint or None,
+            "config_file": config_file, "resize": resize, "crop": crop, "mean": mean, "std": std,
+            "channels": channels}
+
+
+def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        cells = []
+        for col in columns:
+            value = row.get(col)
+            mark = ""
+            if isinstance(row.get("beats_random"), dict) and col in row["beats_random"]:
+                mark = " ✓" if row["beats_random"][col] else " ✗"
+            cells.append("-" if value is None else (f"{value:.3f}{mark}" if isinstance(value, float) else str(value)))
+        table.add_row(*cells)
+    Console(stderr=True).print(table)
+
+
+@app.command(epilog="Examples:\n\n"
+             "`salcli evaluate out --masks sample_images/fashion-mnist-masks/fashion-mnist`\n\n"
+             "`salcli evaluate out -m gradcam --min-pointing-game 0.8 --max-deletion-auc 0.3 --json`")
+def evaluate(
+    out: Path = typer.Argument(..., help="The output folder of a finished salcli explain run."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of object masks (PNG, white = object) at "
+                                         "the images' relative paths."),
+    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Object boxes: CSV (image,x0,y0,x1,y1) or COCO JSON."),
+    method: Optional[List[str]] = typer.Option(None, "-m", "--method", help="Evaluate only these methods."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " [default: the run's model]",
+                                        show_default=False),
+    weights: Optional[str] = typer.Option(None, "--weights", help="State dict or DEFAULT [default: the run's]."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow files that run pickled code; "
+                                          "never taken from run.json."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML preset."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Resize the short side to N pixels."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Center-crop N x N pixels."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean."),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Pointing-game tolerance in input pixels "
+                                              "[default: 15 px per 224 px of input]", show_default=False),
+    top_k: float = typer.Option(0.2, "--top-k", help="Fraction of pixels in the top-k region for IoU."),
+    steps: int = typer.Option(32, "--steps", help="Points on the deletion and insertion curves."),
+    stability: bool = typer.Option(True, "--stability/--no-stability", help="Measure stability (recomputes each "
+                                   "map twice: small noise, one-pixel shift)."),
+    min_pointing_game: Optional[float] = typer.Option(None, "--min-pointing-game", help="Gate: exit 4 below this."),
+    min_energy: Optional[float] = typer.Option(None, "--min-energy", help="Gate: exit 4 below this."),
+    max_deletion_auc: Optional[float] = typer.Option(None, "--max-deletion-auc", help="Gate: exit 4 above this."),
+    min_insertion_auc: Optional[float] = typer.Option(None, "--min-insertion-auc", help="Gate: exit 4 below this."),
+    min_stability: Optional[float] = typer.Option(None, "--min-stability", help="Gate: exit 4 below this."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors and failed gates."),
+) -> None:
+    """Score a finished run: localization against masks or boxes, faithfulness (deletion/insertion AUC beside a
+    random-map baseline), stability. Writes OUT/metrics.jsonl, OUT/evaluation.json and OUT/plots/.
+
+    Exit codes: 0 done and every gate passed; 2 usage error; 3 model could not be loaded; 4 a gate failed.
+    """
+    try:
+        from .config import check_device
+        from .evaluation import EvalOptions, evaluate as run_evaluate, write_results
+        from . import gates
+
+        if device is not None:
+            check_device(device)
+        opts = EvalOptions(masks=masks, boxes=boxes, methods=tuple(method or ()), tolerance=tolerance,
+                           top_k=top_k, steps=steps, stability=stability, batch_size=batch_size,
+                           device=device or "auto")
+        overrides = _model_overrides(model, weights, trust_checkpoint, config_file, resize, crop, mean, std,
+                                     channels)
+        overrides["device"] = device
+        summary = run_evaluate(out, opts, overrides, TerminalReporter(quiet))
+        write_results(out, summary)
+        failures = gates.check(summary.rows, {"min_pointing_game": min_pointing_game, "min_energy": min_energy,
+                                              "max_deletion_auc": max_deletion_auc,
+                                              "min_insertion_auc": min_insertion_auc, "min_stability": min_stability})
+    except SalcliError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps({"methods": summary.rows, "skipped_unannotated": summary.skipped_unannotated,
+                               "gates_failed": failures}, default=str))
+    elif not quiet:
+        _print_table(f"salcli evaluate {out}", summary.rows,
+                     ["method", "images", *[c for c in ("pointing_game", "energy", "iou") if
+                                            any(r.get(c) is not None for r in summary.rows)],
+                      "deletion_auc", "deletion_road_auc", "insertion_auc", "stability", "fragile"])
+        if summary.skipped_unannotated:
+            _stderr().print(f"{summary.skipped_unannotated} image(s) had no annotation and were skipped for "
+                            "localization")
+    for line in failures:
+        _stderr().print(f"[bold red]gate failed:[/] {line}", markup=True)
+    raise typer.Exit(4 if failures else 0)
+
+
 @app.command("methods")
 def list_methods(as_json: bool = typer.Option(False, "--json", help="Print the registry as JSON.")) -> None:
     """List every registered method with its parameters, defaults, map convention and cost."""

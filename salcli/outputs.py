@@ -188,3 +188,24 @@ class OutputWriter:
             buf = io.StringIO()
             json.dump(doc, buf, indent=2, ensure_ascii=False, default=str)
             write_bytes(path, (buf.getvalue() + "\n").encode("utf-8"))
+
+
+def read_run_json(out: Path) -> dict[str, Any]:
+    """OUT/run.json of a finished run; a clear usage error when there is none."""
+    from .errors import UsageError
+
+    path = out / RUN_JSON
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{out} holds no run.json: give the output folder of a salcli explain run") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc})") from None
+
+
+def write_jsonl(final: Path, rows: list[dict[str, Any]]) -> None:
+    write_bytes(final, "".join(_dumps(r) + "\n" for r in rows).encode("utf-8"))
+
+
+def write_json(final: Path, doc: Any) -> None:
+    write_bytes(final, (json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))

@@ -259,6 +259,7 @@ def _explain_batch(setup: Setup, batch: dict, writer: outputs.OutputWriter) -> N
     model, good = setup.model.module, batch["good"]
     x = batch["tensor"].to(setup.device, non_blocking=True)
     keys = [g["key"] for g in good]
+    sources = {g["key"]: str(setup.items[g["index"]].path.resolve()) for g in good}
     pending = {m.name: [i for i, k in enumerate(keys)
                         if setup.config.overwrite or (k, m.name) not in writer.records] for m in setup.methods}
     use_primal = any(m.uses_primal and len(pending[m.name]) == len(keys) for m in setup.methods)
@@ -299,6 +300,7 @@ def _explain_batch(setup: Setup, batch: dict, writer: outputs.OutputWriter) -> N
             continue
         for row, i in enumerate(idx):
             record = _record(keys[i], m.name, setup.settings[m.name], status="ok", error=None, **facts[i],
+                             source=sources[keys[i]],
                              **{name: values[row] for name, values in extras.items()})
             writer.submit(record, saliency[row], _renderer(setup, good[i]["pixels"], saliency[row], facts[i]))
 

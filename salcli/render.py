@@ -64,3 +64,26 @@ def _with_caption(image: np.ndarray, text: str) -> np.ndarray:
 @lru_cache(maxsize=1)
 def _font():
     return ImageFont.load_default(size=12)
+
+
+def line_plot(series: dict[str, list[float]], title: str, xlabel: str, ylabel: str,
+              x: list[float] | None = None) -> bytes:
+    """A PNG (bytes) of one line per named series; x defaults to evenly spaced points on [0, 1]."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot()
+    for name, ys in series.items():
+        xs = x if x is not None else [i / max(1, len(ys) - 1) for i in range(len(ys))]
+        ax.plot(xs, ys, label=name, linestyle="--" if name == "random" else "-")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
