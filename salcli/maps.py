@@ -25,17 +25,16 @@ def resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def display_scale(m: np.ndarray, percentile: float = 99.0) -> np.ndarray:
-    """A map (H, W) -> [0, 1] for display: |m| divided by its ``percentile``-th percentile, clipped.
-
-    The robust clip keeps one extreme pixel from washing out the rest. Signed maps are shown by magnitude
+    """A map (H, W) -> [0, 1] for display: |m| scaled from its minimum to its ``percentile``-th percentile,
+    clipped. The robust clip keeps one extreme pixel from washing out the rest; subtracting the minimum shows
+    maps with a constant offset (RISE) with contrast. Signed maps are shown by magnitude
     (the ``.npy`` keeps the sign). A constant or all-zero map gives zeros.
     """
     a = np.abs(np.nan_to_num(m.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0))
     if not a.size or a.max() == a.min():
         return np.zeros_like(a, dtype=np.float32)  # a constant map has nothing to show
-    top = np.percentile(a, percentile)
+    low = a.min()
+    top = np.percentile(a, percentile) - low
     if top <= 0:
-        top = a.max(initial=0.0)
-    if top <= 0:
-        return np.zeros_like(a, dtype=np.float32)
-    return np.clip(a / top, 0.0, 1.0).astype(np.float32)
+        top = a.max() - low
+    return np.clip((a - low) / top, 0.0, 1.0).astype(np.float32)

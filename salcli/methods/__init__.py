@@ -1,9 +1,9 @@
 """Attribution methods. Importing this package registers every method (one module per family)."""
 
 from . import gradient  # noqa: F401  (registers methods)
-from . import cam  # noqa: F401
 from . import smooth  # noqa: F401
 from . import integrated  # noqa: F401
+from . import cam  # noqa: F401
 from . import perturbation  # noqa: F401
 from .base import Context, Method, image_seed
 from .registry import REGISTRY, create, describe, get, names, register

@@ -1,0 +1,65 @@
+"""Generated from the registry: every method runs through the CLI, with the automatic layer choice, on the
+builtin model and on torchvision resnet18, efficientnet_b0, vit_b_16 and swin_t (random weights)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from conftest import SAMPLES, manifest
+
+from salcli.methods import names
+
+# Parameters that make each method cheap enough to run on five models in a test; the methods' defaults are
+# pinned elsewhere (agreement with Captum and pytorch-grad-cam).
+CHEAP = {
+    "smoothgrad": ["samples=2"], "integrated-gradients": ["steps=2"], "gradient-shap": ["samples=2"],
+    "scorecam": ["channels=4"], "occlusion": ["window=0.5"], "rise": ["masks=4"], "lime": ["samples=8", "grid=2"],
+    "kernel-shap": ["samples=8", "grid=2"],
+}
+NEEDS_RELU = {"guided-backprop", "deconvnet", "guided-gradcam"}
+# model -> (input size, whether its activations are ReLUs)
+MODELS = {"resnet18": (64, True), "efficientnet_b0": (64, False), "vit_b_16": (224, False), "swin_t": (64, False)}
+
+
+def method_args() -> list[str]:
+    args = []
+    for name in names():
+        args += ["-m", name]
+        for kv in CHEAP.get(name, []):
+            args += ["-p", f"{name}.{kv}"]
+    return args
+
+
+def check(out, relu: bool, size: int) -> None:
+    records = {r["method"]: r for r in manifest(out)}
+    assert set(records) == set(names())
+    for name, r in records.items():
+        if name in NEEDS_RELU and not relu:
+            assert r["status"] == "error" and "ReLU" in r["error"], r
+            continue
+        assert r["status"] == "ok", r
+        saliency = np.load(out / r["npy"])
+        assert saliency.shape == (size, size) and saliency.dtype == np.float32 and np.isfinite(saliency).all()
+        assert (out / r["overlay"]).exists()
+
+
+def test_every_method_on_the_builtin_model(cli, tmp_path):
+    out = tmp_path / "o"
+    cli("explain", SAMPLES / "fashion-mnist" / "Sneaker", "-o", out, *method_args())
+    assert len(manifest(out)) == 3 * len(names())
+    check_one = {r["method"] for r in manifest(out) if r["image"].endswith("t10k-00009.png")}
+    assert check_one == set(names())
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_every_method_on_torchvision_models(arch, cli, tmp_path):
+    size, relu = MODELS[arch]
+    torch.manual_seed(0)
+    torch.save(getattr(torchvision.models, arch)().state_dict(), tmp_path / "w.pth")
+    out = tmp_path / "o"
+    cli("explain", SAMPLES / "photos" / "chelsea.jpg", "-o", out, "--model", f"torchvision:{arch}", "--weights",
+        tmp_path / "w.pth", "--resize", str(size), "--crop", str(size), *method_args(),
+        expect=0 if relu else 1)
+    check(out, relu, size)
