@@ -190,11 +190,14 @@ def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
                 mark = " ✓" if row["beats_random"][col] else " ✗"
             cells.append("-" if value is None else (f"{value:.3f}{mark}" if isinstance(value, float) else str(value)))
         table.add_row(*cells)
-    Console(stderr=True).print(table)
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        console.width = max(console.width, 40 + 12 * len(columns))  # a log file gets whole headers and numbers
+    console.print(table)
 
 
 @app.command(epilog="Examples:\n\n"
-             "`salcli evaluate out --masks sample_images/fashion-mnist-masks/fashion-mnist`\n\n"
+             "`salcli evaluate out --masks sample_images/fashion-mnist-masks`\n\n"
              "`salcli evaluate out -m gradcam --min-pointing-game 0.8 --max-deletion-auc 0.3 --json`")
 def evaluate(
     out: Path = typer.Argument(..., help="The output folder of a finished salcli explain run."),
@@ -265,6 +268,109 @@ def evaluate(
         if summary.skipped_unannotated:
             _stderr().print(f"{summary.skipped_unannotated} image(s) had no annotation and were skipped for "
                             "localization")
+    for line in failures:
+        _stderr().print(f"[bold red]gate failed:[/] {line}", markup=True)
+    raise typer.Exit(4 if failures else 0)
+
+
+@app.command(epilog="Examples:\n\n"
+             "`salcli report out` (writes out/report.html)\n\n"
+             "`salcli report out -o out/pages/gallery.html -q`")
+def report(
+    out: Path = typer.Argument(..., help="The output folder of a salcli explain run."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="The HTML file to write; must lie inside "
+                                          "OUT (overlays are linked relatively). [default: OUT/report.html]",
+                                          show_default=False),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
+) -> None:
+    """Write OUT/report.html: a self-contained gallery of the run (settings, failures, one row per image with
+    its prediction and each method's overlay, evaluation results when present). No torch, no network.
+
+    Exit codes: 0 written; 2 usage error (no run.json, or an output file outside OUT).
+    """
+    from . import outputs
+    from .errors import UsageError
+    from .report import build_report
+
+    dest = output if output is not None else out / "report.html"
+    try:
+        if not dest.resolve().is_relative_to(out.resolve()) or dest.resolve() == out.resolve():
+            raise UsageError(f"the report must be written inside {out} (its images are linked relatively): {dest}")
+        html = build_report(out, dest.parent)
+        outputs.write_bytes(dest, html.encode("utf-8"))
+    except SalcliError as exc:
+        raise _fail(exc) from None
+    if not quiet:
+        _stderr().print(f"wrote {dest}")
+
+
+@app.command(epilog="Examples:\n\n"
+             "`salcli sanity sample_images/fashion-mnist -o sanity-out`\n\n"
+             "`salcli sanity imgs/ --model net.py:build --weights ckpt.pt -m gradcam "
+             "--max-randomization-similarity 0.5 --json`")
+def sanity(
+    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively).",
+                                        show_default=False),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " [default: builtin:fashion-mnist]",
+                                        show_default=False),
+    weights: Optional[str] = typer.Option(None, "--weights", help="State dict or DEFAULT."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow files that run pickled code."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML preset."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Resize the short side to N pixels."),
+    crop: Optional[int] = typer.Option(None, "--crop", help="Center-crop N x N pixels."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean."),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Layer of the layer methods (default: found "
+                                        "automatically on the original model)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
+    method: Optional[List[str]] = typer.Option(None, "-m", "--method", help="Method to check, repeatable. "
+                                               "[default: vanilla, gradcam, guided-backprop, integrated-gradients]",
+                                               show_default=False),
+    param: Optional[List[str]] = typer.Option(None, "-p", "--param", help="METHOD.KEY=VALUE, repeatable."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the re-initialization (and of random methods)."),
+    limit: int = typer.Option(16, "--limit", help="Use the first N images in sorted order."),
+    max_steps: int = typer.Option(12, "--max-steps", help="Most cascade points evaluated, evenly spaced; the "
+                                  "first layer and the full randomization always included."),
+    threshold: float = typer.Option(0.5, "--threshold", help="Verdict: pass when the mean Spearman at full "
+                                    "randomization is below this."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write DIR/sanity.json and DIR/sanity.png."),
+    max_randomization_similarity: Optional[float] = typer.Option(
+        None, "--max-randomization-similarity", help="Gate: exit 4 when a method's mean Spearman at full "
+        "randomization is above this."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors and failed gates."),
+) -> None:
+    """Model-parameter randomization test (Adebayo et al. 2018): re-initialize the model's layers from the
+    logits down, cumulatively, and measure how similar each method's maps stay (Spearman, SSIM). A method
+    whose maps survive a random model does not explain the model.
+
+    Exit codes: 0 done and every gate passed; 2 usage error; 3 model could not be loaded; 4 a gate failed.
+    """
+    try:
+        from . import gates
+        from .sanity import DEFAULT_METHODS, SanityOptions, run as run_sanity, write_results
+
+        opts = SanityOptions(limit=limit, max_steps=max_steps, threshold=threshold)
+        cli = {"inputs": inputs, **_model_overrides(model, weights, trust_checkpoint, config_file, resize, crop,
+                                                    mean, std, channels),
+               "device": device, "layer": layer, "batch_size": batch_size, "seed": seed,
+               "methods": method or list(DEFAULT_METHODS), "params": param, "out": out}
+        config = build_config(cli)
+        result = run_sanity(config, opts, TerminalReporter(quiet))
+        written = write_results(out, result) if out is not None else []
+        failures = gates.check(result.rows, {"max_randomization_similarity": max_randomization_similarity})
+    except SalcliError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps({**result.to_json(), "gates_failed": failures}, default=str))
+    elif not quiet:
+        _print_table(f"salcli sanity: {len(result.images)} image(s), {len(result.cascade)} layers randomized "
+                     "from the logits down", result.rows,
+                     ["method", "randomization_similarity", "ssim_final", "verdict"])
+        if written:
+            _stderr().print(f"wrote {', '.join(str(out / w) for w in written)}")
     for line in failures:
         _stderr().print(f"[bold red]gate failed:[/] {line}", markup=True)
     raise typer.Exit(4 if failures else 0)

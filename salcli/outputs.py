@@ -41,6 +41,15 @@ def _safe_join(out: Path, rel: str) -> Path:
     return out.joinpath(*parts)
 
 
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds."""
@@ -49,6 +58,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600; outputs get what open() would give (0644 under umask 022)
         os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -23,6 +23,15 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
     assert np.load(final).dtype == np.float32 and list((tmp_path / "sub").iterdir()) == [final]
 
 
+def test_outputs_get_the_permissions_open_would_give(tmp_path):
+    import os
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    outputs.write_bytes(tmp_path / "atomic", b"x")  # not mkstemp's private 0600
+    assert os.stat(tmp_path / "atomic").st_mode & 0o777 == os.stat(plain).st_mode & 0o777
+
+
 def test_paths_cannot_escape_out(tmp_path):
     with pytest.raises(ValueError):
         outputs._safe_join(tmp_path, "vanilla/../../x.npy")

@@ -1,0 +1,275 @@
+"""OUT/report.html: a self-contained gallery of a finished run (pure HTML generation, no torch, no I/O but reads).
+
+Reads OUT/run.json and OUT/manifest.jsonl (and, when present, OUT/evaluation.json, OUT/metrics.jsonl and
+OUT/plots/*.png) and returns one HTML page: the run's settings, the failed images, the evaluation table and
+plots, then one row per image with its prediction and one overlay per method. Overlays are linked by relative,
+URL-quoted paths, so the report keeps working when OUT is copied elsewhere. Work is linear in the manifest:
+one dict lookup and one ``stat`` per (image, method); images load lazily in the browser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterable
+from urllib.parse import quote
+
+from . import outputs
+
+# Manifest fields every record has; anything else a method adds (e.g. IG's completeness_gap) is shown in its cell.
+BASE_FIELDS = {"image", "method", "status", "error", "npy", "overlay", "pred", "pred_label", "prob", "target",
+               "target_label", "score", "settings", "schema_version", "source"}
+RANDOM = "random"  # evaluate's random-map baseline, a method in metrics.jsonl only
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}
+th{background:#f2f2f2}.gallery thead th{position:sticky;top:0}
+dl.kv{display:grid;grid-template-columns:max-content auto;gap:2px 12px}dl.kv dt{font-weight:600}dl.kv dd{margin:0}
+code,.mono{font-family:ui-monospace,monospace;font-size:12px;word-break:break-all}
+img.ov{width:160px;image-rendering:pixelated;display:block}img.plot{max-width:480px;margin:4px}
+.err{color:#b00020}.muted{color:#777}.m{font-size:12px;margin:2px 0 0;padding:0;list-style:none}
+.yes{color:#070}.no{color:#b00020}
+"""
+
+
+def build_report(out: Path, report_dir: Path | None = None) -> str:
+    """The HTML of OUT's report. Links are relative to ``report_dir`` (default OUT), which must be inside OUT.
+
+    Raises UsageError (via outputs.read_run_json) when OUT holds no run.json.
+    """
+    run = outputs.read_run_json(out)
+    records = outputs.read_manifest(out)
+    prefix = _link_prefix(out, report_dir)
+    images = _by_image(records)
+    methods = _method_order(run, records)
+    metrics, eval_errors = _read_metrics(out / "metrics.jsonl")
+    evaluation = _read_json(out / "evaluation.json")
+    plots = sorted(p.name for p in (out / "plots").glob("*.png")) if (out / "plots").is_dir() else []
+    title = f"salcli report: {out.name or out}"
+    parts = ["<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
+             f"<h1>{escape(title)}</h1>",
+             _header(run, len(images), methods),
+             _failures(images),
+             _evaluation(evaluation, plots, prefix),
+             _gallery(out, images, methods, metrics, eval_errors, prefix),
+             "</body></html>\n"]
+    return "\n".join(p for p in parts if p)
+
+
+# -- reading
+
+def _link_prefix(out: Path, report_dir: Path | None) -> str:
+    if report_dir is None:
+        return ""
+    rel = os.path.relpath(out.resolve(), report_dir.resolve())
+    return "" if rel == "." else PurePosixPath(*Path(rel).parts).as_posix() + "/"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        return {"error": f"{path.name} could not be read: {exc}"}
+
+
+def _read_metrics(path: Path) -> tuple[dict[tuple[str, str], dict], dict[str, list[str]]]:
+    """metrics.jsonl as {(image, method): row} and {image: [error, ...]} (rows evaluate could not score)."""
+    rows: dict[tuple[str, str], dict] = {}
+    errors: dict[str, list[str]] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return rows, errors
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict):
+            continue
+        if row.get("method") is None:
+            errors.setdefault(str(row.get("image")), []).append(str(row.get("error")))
+        else:
+            rows[(str(row.get("image")), str(row["method"]))] = row
+    return rows, errors
+
+
+def _by_image(records: Iterable[dict]) -> dict[str, dict[str, dict]]:
+    images: dict[str, dict[str, dict]] = {}
+    for r in records:
+        images.setdefault(str(r.get("image")), {})[str(r.get("method"))] = r
+    return dict(sorted(images.items()))
+
+
+def _method_order(run: dict, records: list[dict]) -> list[str]:
+    declared = list(run.get("methods") or {})
+    extra = sorted({str(r.get("method")) for r in records} - set(declared))
+    return declared + extra
+
+
+# -- formatting
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return "-" if value is None else str(value)
+
+
+def _kv(pairs: Iterable[tuple[str, Any]]) -> str:
+    items = "".join(f"<dt>{escape(k)}</dt><dd class=\"mono\">{escape(_fmt(v))}</dd>" for k, v in pairs)
+    return f"<dl class=\"kv\">{items}</dl>"
+
+
+def _date(timings: dict) -> str | None:
+    started = timings.get("started") if isinstance(timings, dict) else None
+    if not isinstance(started, (int, float)):
+        return None
+    return datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds")
+
+
+def _label(rec: dict, idx: str, name: str) -> str:
+    label = rec.get(name)
+    return str(label) if label is not None else (f"class {rec[idx]}" if rec.get(idx) is not None else "-")
+
+
+def _href(prefix: str, rel: str) -> str:
+    return escape(prefix + quote(rel, safe="/"))
+
+
+# -- sections
+
+def _header(run: dict, n_images: int, methods: list[str]) -> str:
+    model = run.get("model") or {}
+    timings = run.get("timings") or {}
+    general = [("date (UTC)", _date(timings)), ("salcli", run.get("salcli_version")),
+               ("command", " ".join(map(str, run.get("argv") or [])) or None),
+               ("model", model.get("spec")), ("model kind", model.get("kind")), ("weights", model.get("weights")),
+               ("trusted checkpoint", model.get("trusted")), ("layer", run.get("layer")),
+               ("seed", run.get("seed")), ("device", run.get("device")), ("batch size", run.get("batch_size")),
+               ("images", n_images), ("counts", run.get("counts")), ("interrupted", run.get("interrupted"))]
+    sha = [(name, digest) for name, digest in (model.get("sha256") or {}).items()]
+    labels = run.get("labels")
+    pre = list((run.get("preprocess") or {}).items())
+    if labels:
+        pre.append(("labels", f"{len(labels)} classes: " + ", ".join(map(str, labels[:20]))
+                    + (" ..." if len(labels) > 20 else "")))
+    params = [(m, (run.get("methods") or {}).get(m, {}).get("params", "not in run.json")) for m in methods]
+    shards = list((run.get("shards") or {}).items())
+    return "".join([
+        "<h2>Run</h2>", _kv(general),
+        "<h2>Checksums (sha256)</h2>" + _kv(sha) if sha else "",
+        "<h2>Preprocessing</h2>", _kv(pre),
+        "<h2>Methods and parameters</h2>", _kv(params),
+        "<h2>Timings</h2>", _kv(timings.items()) if isinstance(timings, dict) else "",
+        "<h2>Shards</h2>" + _kv(shards) if shards else "",
+        "<h2>Versions</h2>", _kv((run.get("versions") or {}).items()),
+    ])
+
+
+def _failures(images: dict[str, dict[str, dict]]) -> str:
+    items = []
+    for key, recs in images.items():
+        errors = sorted({str(r.get("error")) for r in recs.values() if r.get("status") == "error"})
+        if errors:
+            failed = sorted(m for m, r in recs.items() if r.get("status") == "error")
+            items.append(f"<li><code>{escape(key)}</code> ({escape(', '.join(failed))}): "
+                         f"<span class=\"err\">{escape('; '.join(errors))}</span></li>")
+    if not items:
+        return "<h2>Failures</h2><p class=\"muted\">none</p>"
+    return f"<h2>Failures ({len(items)} image(s))</h2><ul>{''.join(items)}</ul>"
+
+
+def _evaluation(evaluation: Any, plots: list[str], prefix: str) -> str:
+    if evaluation is None and not plots:
+        return ""
+    parts = ["<h2>Evaluation</h2>"]
+    if isinstance(evaluation, dict) and evaluation.get("error"):
+        parts.append(f"<p class=\"err\">{escape(str(evaluation['error']))}</p>")
+    rows = [r for r in (evaluation or {}).get("methods", []) if isinstance(r, dict)] \
+        if isinstance(evaluation, dict) else []
+    if rows:
+        columns = list(dict.fromkeys(k for r in rows for k in r if k != "beats_random"))
+        head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+        body = "".join("<tr>" + "".join(_eval_cell(r, c) for c in columns) + "</tr>" for r in rows)
+        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+                     "<p class=\"muted\">✓ / ✗: beats the random-map baseline on the same images.</p>")
+        skipped = evaluation.get("skipped_unannotated")
+        if skipped:
+            parts.append(f"<p>{escape(str(skipped))} image(s) had no annotation and were skipped for localization.</p>")
+    for name in plots:
+        src = _href(prefix, f"plots/{name}")
+        parts.append(f"<a href=\"{src}\"><img class=\"plot\" src=\"{src}\" alt=\"{escape(name)}\"></a>")
+    return "".join(parts)
+
+
+def _eval_cell(row: dict, col: str) -> str:
+    beats = row.get("beats_random") if isinstance(row.get("beats_random"), dict) else {}
+    mark = ""
+    if col in beats:
+        mark = " <span class=\"yes\">✓</span>" if beats[col] else " <span class=\"no\">✗</span>"
+    return f"<td>{escape(_fmt(row.get(col)))}{mark}</td>"
+
+
+def _gallery(out: Path, images: dict[str, dict[str, dict]], methods: list[str], metrics: dict,
+             eval_errors: dict[str, list[str]], prefix: str) -> str:
+    show_random = any(m == RANDOM for _, m in metrics)
+    head = "".join(f"<th>{escape(m)}</th>" for m in ["image", "prediction", "target", *methods])
+    head += "<th>random baseline</th>" if show_random else ""
+    rows = []
+    for key, recs in images.items():
+        facts = next((r for r in recs.values() if r.get("pred") is not None), next(iter(recs.values())))
+        prob = facts.get("prob")
+        pred = _label(facts, "pred", "pred_label") + (f" ({prob:.2%})" if isinstance(prob, (int, float)) else "")
+        notes = "".join(f"<div class=\"err\">evaluate: {escape(e)}</div>" for e in eval_errors.get(key, []))
+        cells = [f"<td><code>{escape(key)}</code>{notes}</td>", f"<td>{escape(pred)}</td>",
+                 f"<td>{escape(_label(facts, 'target', 'target_label'))}</td>"]
+        cells += [_cell(out, recs.get(m), metrics.get((key, m)), prefix) for m in methods]
+        if show_random:
+            cells.append(f"<td>{_metric_list(metrics.get((key, RANDOM)) or {}, {})}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f"<h2>Images ({len(images)})</h2><table class=\"gallery\"><thead><tr>{head}</tr></thead>"
+            f"<tbody>\n" + "\n".join(rows) + "\n</tbody></table>")
+
+
+def _cell(out: Path, rec: dict | None, metric_row: dict | None, prefix: str) -> str:
+    if rec is None:
+        return "<td class=\"muted\">not run</td>"
+    if rec.get("status") == "error":
+        return f"<td class=\"err\">{escape(str(rec.get('error')))}</td>"
+    rel = rec.get("overlay")
+    if not _inside(rel) or not (out / rel).is_file():
+        body = f"<span class=\"err\">overlay missing: {escape(str(rel))}</span>"
+    else:
+        src = _href(prefix, rel)
+        body = (f"<a href=\"{src}\"><img class=\"ov\" loading=\"lazy\" decoding=\"async\" src=\"{src}\" "
+                f"alt=\"{escape(rel)}\"></a>")
+    extras = {k: v for k, v in rec.items() if k not in BASE_FIELDS}
+    return f"<td>{body}{_metric_list(metric_row or {}, extras)}</td>"
+
+
+def _inside(rel: Any) -> bool:
+    """A manifest path that stays inside OUT (the manifest is data; never link outside)."""
+    if not isinstance(rel, str) or not rel:
+        return False
+    p = PurePosixPath(rel)
+    return not p.is_absolute() and ".." not in p.parts
+
+
+def _metric_list(metric_row: dict, extras: dict) -> str:
+    items = [(k, v) for k, v in metric_row.items() if k not in ("image", "method")] + list(extras.items())
+    if not items:
+        return ""
+    lis = "".join(f"<li>{escape(k)}: {escape(_fmt(v))}</li>" for k, v in items)
+    return f"<ul class=\"m\">{lis}</ul>"
