@@ -125,6 +125,41 @@ def test_tolerance_driven_ig_meets_its_tolerance():
     assert min(after["ig_steps"]) > 4 and max(after["ig_steps"]) <= 1024
 
 
+def test_adaptive_ig_meets_its_tolerance_and_converges_to_the_integral():
+    from salcli.models import load_model
+
+    model = load_model("builtin:fashion-mnist").module
+    torch.manual_seed(3)
+    x = torch.randn(3, 1, 28, 28) * 1.5
+    target = model(x).argmax(1)
+    ctx = methods.Context(keys=["a", "b", "c"])
+    m = methods.create("integrated-gradients", {"rule": "adaptive", "baseline": "zero", "tolerance": 0.002})
+    ours, extras = m.attribute_with_extras(model, x, target, ctx)
+    assert all(g <= 0.002 for g in extras["completeness_gap"]), extras
+    assert all(5 < n <= 1024 for n in extras["ig_steps"])
+    # the integral itself, by Captum with many Gauss-Legendre points: the adaptive map is close to it pixelwise
+    reference = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=target,
+                                                    n_steps=512, internal_batch_size=512).sum(1)
+    err = (ours - reference).abs().sum(dim=(1, 2)) / reference.abs().sum(dim=(1, 2))
+    assert (err < 0.05).all(), err
+
+
+def test_adaptive_ig_uses_exactly_its_budget_and_is_exact_on_a_linear_model(batch):
+    x, target = batch
+    torch.manual_seed(2)
+    linear_model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 4)).eval()
+    m = methods.create("integrated-gradients", {"rule": "adaptive", "steps": 9, "baseline": "zero"})
+    ours, extras = m.attribute_with_extras(linear_model, x, target, methods.Context(keys=["a", "b", "c"]))
+    assert extras["ig_steps"] == [9, 9, 9]
+    weights = linear_model[-1].weight.view(-1, *x.shape[1:])[target]  # f = w · x + b: IG = w ⊙ x exactly
+    torch.testing.assert_close(ours, (weights * x).sum(1), atol=1e-5, rtol=1e-5)
+    assert max(extras["completeness_gap"]) < 1e-5
+    from salcli.errors import UsageError
+
+    with pytest.raises(UsageError, match="at least 5"):
+        methods.create("integrated-gradients", {"rule": "adaptive", "steps": 3})
+
+
 def test_ig_gap_is_in_the_manifest(cli, images_dir, tmp_path):
     out = tmp_path / "o"
     cli("explain", images_dir, "-o", out, *TINY_OPTS, "-m", "integrated-gradients", "-p",
