@@ -118,6 +118,12 @@ def explain(
                                         "(the larger of --batch-size and 32). [default: auto]", show_default=False),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image-decoding worker processes "
                                           "(default: 0 for one batch, else up to 4)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, or bf16 (autocast; faster on "
+                                            "recent GPUs, maps differ slightly). [default: fp32]",
+                                            show_default=False),
+    optimize: Optional[bool] = typer.Option(None, "--optimize/--no-optimize", help="Fold BatchNorm into "
+                                            "convolutions and use channels_last (same maps up to float "
+                                            "rounding). [default: optimize]", show_default=False),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random draw. [default: 0]",
                                        show_default=False),
     colormap: Optional[str] = typer.Option(None, "--colormap", help="A matplotlib colormap. [default: jet]",
@@ -139,7 +145,8 @@ def explain(
            "trust_checkpoint": trust_checkpoint or None, "config_file": config_file, "resize": resize,
            "crop": crop, "mean": mean, "std": std, "channels": channels, "labels": labels, "methods": method,
            "params": param, "target": target, "layer": layer, "device": device, "batch_size": batch_size,
-           "chunk": chunk, "workers": workers, "seed": seed, "colormap": colormap, "alpha": alpha,
+           "chunk": chunk, "workers": workers, "precision": precision, "optimize": optimize, "seed": seed,
+           "colormap": colormap, "alpha": alpha,
            "overwrite": overwrite or None, "shard": shard, "json": as_json or None, "quiet": quiet or None}
     try:
         config = build_config(cli)

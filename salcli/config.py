@@ -72,6 +72,8 @@ class RunConfig:
     device: str = "auto"
     batch_size: int | str = "auto"
     chunk: int | str = "auto"
+    precision: str = "fp32"
+    optimize: bool = True
     workers: int | None = None
     seed: int = 0
     colormap: str = "jet"
@@ -95,7 +97,7 @@ TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "model": str, "weights": str, "trust_checkpoint": bool, "labels": (str, list), "methods": list,
     "method": (str, list),
     "target": (str, int), "layer": str, "device": str, "batch_size": (int, str), "chunk": (int, str),
-    "workers": int,
+    "workers": int, "precision": str, "optimize": bool,
     "seed": int, "colormap": str, "alpha": (int, float), "preprocess": dict, "description": str,
 }
 
@@ -244,6 +246,8 @@ def build_config(cli: dict[str, Any]) -> RunConfig:
     values["batch_size"] = parse_batch_size(values.get("batch_size", "auto"))
     values["chunk"] = parse_batch_size(values.get("chunk", "auto"), "--chunk")
     values["device"] = check_device(values.get("device", "auto"))
+    if values.get("precision", "fp32") not in ("fp32", "bf16"):
+        raise UsageError(f"--precision takes fp32 or bf16; got '{values['precision']}'")
     values["shard"] = parse_shard(values.get("shard"))
     if "inputs" in values:
         values["inputs"] = tuple(Path(p) for p in values["inputs"])

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from . import __version__, images, methods, models, outputs, render
+from . import __version__, fastpath, images, methods, models, outputs, render
 from .config import Preprocess, RunConfig
 from .errors import ModelLoadError, UsageError, did_you_mean
 
@@ -73,6 +73,8 @@ class Setup:
     chunk: int  # most model inputs in one forward pass, inner samples included
     layer: Any = None  # layers.LayerSpec when a method needs one
     references: dict[str, torch.Tensor] = field(default_factory=dict)  # method -> (R, C, H, W)
+    fast: fastpath.FastModel | None = None  # the model as it runs (folded, channels_last, autocast)
+    backoffs: int = 0  # out-of-memory retries with smaller chunks or sub-batches
 
 
 # ---------------------------------------------------------------------------------------------- set-up
@@ -148,11 +150,15 @@ def prepare_run(config: RunConfig, reporter: Reporter) -> Setup:
                              "give --labels with one name per output, or check --model/--weights")
     target = resolve_target(config.target, labels, num_classes)
     layer = None
+    example = torch.zeros(1, preprocess.channels, preprocess.crop, preprocess.crop, device=device)
     if any(m.needs_layer for m in chosen):
         from . import layers
 
-        example = torch.zeros(1, preprocess.channels, preprocess.crop, preprocess.crop, device=device)
         layer = layers.resolve_layer(loaded.module, config.layer, example)
+    fast = fastpath.prepare(loaded.module, example, config.optimize, config.precision,
+                            keep={layer.name} if layer is not None else set())
+    if layer is not None and fast.module is not loaded.module:
+        layer = layers.resolve_layer(fast.module, layer.name, example)  # the same layer in the folded copy
     references = {m.name: _references(m.params.references, preprocess, device)
                   for m in chosen if getattr(m.params, "references", "")}
     common = {"model": config.model, "checksums": loaded.checksums, "weights": config.weights,
@@ -160,15 +166,17 @@ def prepare_run(config: RunConfig, reporter: Reporter) -> Setup:
               "layer": layer.name if layer is not None else None,
               "seed": config.seed, "colormap": config.colormap, "alpha": config.alpha,
               "labels": fingerprint(labels)}
+    if config.precision != "fp32":
+        common["precision"] = config.precision  # fp32 fast paths give the same maps; bf16 does not
     settings = {m.name: fingerprint({**common, "method": m.name, "params": dataclasses.asdict(m.params)})
                 for m in chosen}
     batch_size = config.batch_size if isinstance(config.batch_size, int) else (64 if device.type == "cuda" else 16)
     workers = config.workers
     if workers is None:
         workers = 0 if len(items) <= batch_size else min(4, max(1, (os.cpu_count() or 1)))
-    chunk = config.chunk if isinstance(config.chunk, int) else max(batch_size, 32)
+    chunk = config.chunk if isinstance(config.chunk, int) else max(batch_size, 256 if device.type == "cuda" else 32)
     return Setup(config, items, preprocess, labels, loaded, device, chosen, target, settings, batch_size, workers,
-                 chunk, layer, references)
+                 chunk, layer, references, fast)
 
 
 def _references(folder: str, preprocess: Preprocess, device: torch.device) -> torch.Tensor:
@@ -253,21 +261,35 @@ def _explain(setup: Setup, todo: list[int], writer: outputs.OutputWriter, report
             _explain_batch(setup, batch, writer)
         reporter.advance(len(batch["good"]) + len(batch["errors"]))
         writer.drain(wait_all=False)
+        _grow_chunk(setup)
+
+
+def _split(batch: dict) -> list[dict]:
+    """Two halves of a batch of good images (errors stay with neither: they are recorded already)."""
+    half = len(batch["good"]) // 2
+    return [{**batch, "good": batch["good"][a:b], "tensor": batch["tensor"][a:b], "errors": []}
+            for a, b in ((0, half), (half, len(batch["good"])))]
 
 
 def _explain_batch(setup: Setup, batch: dict, writer: outputs.OutputWriter) -> None:
-    model, good = setup.model.module, batch["good"]
-    x = batch["tensor"].to(setup.device, non_blocking=True)
+    fast, good = setup.fast, batch["good"]
+    model = fast.module
+    x = fast.prepare_input(batch["tensor"].to(setup.device, non_blocking=True))
     keys = [g["key"] for g in good]
     sources = {g["key"]: str(setup.items[g["index"]].path.resolve()) for g in good}
     pending = {m.name: [i for i, k in enumerate(keys)
                         if setup.config.overwrite or (k, m.name) not in writer.records] for m in setup.methods}
     use_primal = any(m.uses_primal and len(pending[m.name]) == len(keys) for m in setup.methods)
     try:
-        with torch.enable_grad() if use_primal else torch.no_grad():
+        with torch.enable_grad() if use_primal else torch.no_grad(), fast.autocast(setup.device):
             x_leaf = x.detach().requires_grad_(use_primal)
             logits = model(x_leaf)
     except Exception as exc:  # noqa: BLE001 - the batch fails, the run goes on
+        if fastpath.is_oom(exc) and len(keys) > 1:
+            _free(setup)
+            for part in _split(batch):
+                _explain_batch(setup, part, writer)
+            return
         hint = "; try --batch-size 1" if len(keys) > 1 else ""
         for m in setup.methods:
             for i in pending[m.name]:
@@ -291,7 +313,7 @@ def _explain_batch(setup: Setup, batch: dict, writer: outputs.OutputWriter) -> N
         if ctx.primal is not None:
             primal = None  # the graph is spent by one backward pass
         try:
-            result, extras = m.attribute_with_extras(model, x[sel], target[sel], ctx)
+            result, extras = _attribute(setup, m, x[sel], target[sel], ctx)
             saliency = result.detach().float().cpu().numpy()
         except Exception as exc:  # noqa: BLE001 - a method failing on a batch fails those images only
             for i in idx:
@@ -303,6 +325,46 @@ def _explain_batch(setup: Setup, batch: dict, writer: outputs.OutputWriter) -> N
                              source=sources[keys[i]],
                              **{name: values[row] for name, values in extras.items()})
             writer.submit(record, saliency[row], _renderer(setup, good[i]["pixels"], saliency[row], facts[i]))
+
+
+def _grow_chunk(setup: Setup) -> None:
+    """--chunk auto on CUDA: double the chunk after a batch that used under 40% of the GPU's memory, until the
+    first out-of-memory error (after which the back-off has found the size that fits)."""
+    if setup.device.type != "cuda" or setup.config.chunk != "auto" or setup.backoffs or setup.chunk >= 4096:
+        return
+    total = torch.cuda.get_device_properties(setup.device).total_memory
+    if torch.cuda.max_memory_allocated(setup.device) < 0.4 * total:
+        setup.chunk *= 2
+    torch.cuda.reset_peak_memory_stats(setup.device)
+
+
+def _free(setup: Setup) -> None:
+    setup.backoffs += 1
+    if setup.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _attribute(setup: Setup, m: methods.Method, x: torch.Tensor, target: torch.Tensor, ctx: methods.Context):
+    """The method on these images; after an out-of-memory error, the same with half the chunk, then with half
+    the images at a time. Maps do not depend on either, so nothing is lost and nothing changes."""
+    try:
+        with setup.fast.autocast(setup.device):
+            return m.attribute_with_extras(setup.fast.module, x, target, ctx)
+    except Exception as exc:  # noqa: BLE001
+        if not fastpath.is_oom(exc) or (ctx.chunk <= 1 and x.shape[0] <= 1):
+            raise
+    _free(setup)
+    ctx = dataclasses.replace(ctx, primal=None)  # the failed pass may have spent the graph
+    if ctx.chunk > 1:
+        setup.chunk = max(1, ctx.chunk // 2)  # later batches start from the smaller chunk
+        ctx = dataclasses.replace(ctx, chunk=setup.chunk)
+    if x.shape[0] == 1:
+        return _attribute(setup, m, x, target, ctx)
+    half = x.shape[0] // 2
+    parts = [_attribute(setup, m, x[a:b], target[a:b], dataclasses.replace(ctx, keys=ctx.keys[a:b]))
+             for a, b in ((0, half), (half, x.shape[0]))]
+    extras = {k: parts[0][1][k] + parts[1][1][k] for k in parts[0][1]}
+    return torch.cat([parts[0][0], parts[1][0]]), extras
 
 
 def _facts(setup: Setup, logits, probs, pred, target) -> list[dict[str, Any]]:
@@ -348,6 +410,9 @@ def _run_info(setup: Setup, counts: dict[str, int], timings: dict[str, Any], arg
         "device": str(setup.device),
         "batch_size": setup.batch_size,
         "chunk": setup.chunk,
+        "precision": config.precision,
+        "optimizations": setup.fast.notes if setup.fast else [],
+        "oom_backoffs": setup.backoffs,
         "layer": setup.layer.name if setup.layer is not None else None,
         "workers": setup.workers,
         "images": len(setup.items),
