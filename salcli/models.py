@@ -128,6 +128,9 @@ def _torchvision(name: str, weights: str | None) -> nn.Module:
     if name not in available:
         raise ModelLoadError(f"torchvision has no model '{name}'.{did_you_mean(name, available)} "
                              "See torchvision.models.list_models()")
+    if weights is not None and weights != "DEFAULT":
+        with torch.device("meta"):  # no random initialization: every tensor comes from the weights file
+            return torchvision.models.get_model(name, weights=None)
     if weights != "DEFAULT":
         return torchvision.models.get_model(name, weights=None)
     try:
@@ -239,7 +242,11 @@ def load_weights(module: nn.Module, path: Path) -> None:
                 parts.append(f"{label} ({len(items)}): {', '.join(items[:5])}{more}")
         raise ModelLoadError(f"the weights in {path} do not fit the model: {'; '.join(parts)}. "
                              "Check that --model names the architecture these weights were trained for")
-    module.load_state_dict(state, strict=True)
+    on_meta = any(t.is_meta for t in (*module.parameters(), *module.buffers()))
+    module.load_state_dict(state, strict=True, assign=on_meta)
+    if on_meta and any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+        raise ModelLoadError(f"the model has tensors that {path} does not hold (non-persistent buffers); "
+                             "load it through a factory (--model FILE.py:FUNC) instead")
 
 
 # ---------------------------------------------------------------------------------------------- presets

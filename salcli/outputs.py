@@ -180,8 +180,9 @@ class OutputWriter:
         with locked(self.out):
             merged = {(r.get("image"), r.get("method")): r for r in read_manifest(self.out)}
             merged.update(self.records)
-            lines = [_dumps(merged[k]) for k in sorted(merged, key=lambda k: (str(k[0]), str(k[1])))]
-            write_bytes(self.out / MANIFEST, ("\n".join(lines) + "\n" if lines else "").encode("utf-8"))
+            with atomic_path(self.out / MANIFEST) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+                for k in sorted(merged, key=lambda k: (str(k[0]), str(k[1]))):  # line by line: no big string
+                    fh.write(_dumps(merged[k]) + "\n")
 
     def write_run_json(self, info: dict[str, Any], shard: tuple[int, int] | None) -> None:
         """OUT/run.json; with shards, each shard's summary is kept under ``shards``."""
