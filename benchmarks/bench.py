@@ -122,9 +122,14 @@ class Bench:
         example = self.tensor(1)
         return fastpath.prepare(self.model, example, True, precision)
 
-    def method_rate(self, name: str, n: int, params: dict | None = None, fast=None, batch: int = 16,
-                    chunk: int = 32) -> float:
-        """Images per second of one method on preloaded tensors (compute only), as the pipeline calls it."""
+    def method_rate(self, name: str, n: int, params: dict | None = None, fast=None, batch: int | None = None,
+                    chunk: int | None = None) -> float:
+        """Images per second of one method on preloaded tensors (compute only), as the pipeline calls it, with
+        the pipeline's automatic batch and chunk sizes unless given."""
+        from salcli.pipeline import auto_batch, auto_chunk
+
+        batch = batch or auto_batch(PRE, self.device)
+        chunk = chunk or auto_chunk(batch, PRE, self.device)
         fast = fast or self.fast()
         method = methods.create(name, params or {})
         x = fast.prepare_input(self.tensor(n))
@@ -198,7 +203,7 @@ def section_compute(b: Bench) -> None:
         rows.append(["gradcam", label, f"{rate:.3f}", f"{full:.3f} (one full backward)",
                      f"**{rate / full:.2f}**", "> 1"])
         RESULTS.setdefault("compute", {})[f"gradcam/{label}"] = rate / full
-    table("Compute near the limit (preloaded tensors, batch 16, chunk 32)",
+    table("Compute near the limit (preloaded tensors, the pipeline's automatic batch and chunk)",
           ["method", "run", "images/s", "limit images/s", "ratio", "bar"], rows)
 
 
@@ -296,6 +301,7 @@ def section_passes(b: Bench) -> None:
     from salcli.models import load_model
 
     rows = []
+    torch.manual_seed(0)
     cases = [("builtin:fashion-mnist", load_model("builtin:fashion-mnist").module, None),
              ("resnet18 224² (random weights)", torchvision.models.resnet18().eval(), PRE)]
     for label, model, pre in cases:

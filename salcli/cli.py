@@ -73,6 +73,17 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+# Options shared by every command that loads a model (one definition, so their help never drifts apart).
+CONFIG_OPT = typer.Option(None, "--config", help="A TOML preset (see configs/).")
+RESIZE_OPT = typer.Option(None, "--resize", help="Resize the short side to N pixels.")
+CROP_OPT = typer.Option(None, "--crop", help="Center-crop N x N pixels after resizing.")
+MEAN_OPT = typer.Option(None, "--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406.")
+STD_OPT = typer.Option(None, "--std", help="Per-channel std, e.g. 0.229,0.224,0.225.")
+CHANNELS_OPT = typer.Option(None, "--channels", help="1 (grayscale) or 3 (RGB).")
+DEVICE_OPT = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps. [default: auto]",
+                          show_default=False)
+
+
 @app.callback()
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Print the version and exit.")) -> None:
@@ -96,11 +107,11 @@ def explain(
                                           "code (whole pickled modules, .pt2). Only for files you trust."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML preset (see configs/); "
                                                "command-line options override it."),
-    resize: Optional[int] = typer.Option(None, "--resize", help="Resize the short side to N pixels."),
-    crop: Optional[int] = typer.Option(None, "--crop", help="Center-crop N x N pixels after resizing."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406."),
-    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std, e.g. 0.229,0.224,0.225."),
-    channels: Optional[int] = typer.Option(None, "--channels", help="1 (grayscale) or 3 (RGB)."),
+    resize: Optional[int] = RESIZE_OPT,
+    crop: Optional[int] = CROP_OPT,
+    mean: Optional[str] = MEAN_OPT,
+    std: Optional[str] = STD_OPT,
+    channels: Optional[int] = CHANNELS_OPT,
     labels: Optional[Path] = typer.Option(None, "--labels", help="Class names, one per line."),
     method: Optional[List[str]] = typer.Option(None, "-m", "--method", help="Method name, repeatable "
                                                "(see `salcli methods`). [default: vanilla]", show_default=False),
@@ -109,8 +120,7 @@ def explain(
                                          "[default: pred]", show_default=False),
     layer: Optional[str] = typer.Option(None, "--layer", help="Dotted module name for layer methods "
                                         "(default: found automatically)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps. [default: auto]",
-                                         show_default=False),
+    device: Optional[str] = DEVICE_OPT,
     batch_size: Optional[str] = typer.Option(None, "--batch-size", help="Images per batch, or auto. "
                                              "[default: auto]", show_default=False),
     chunk: Optional[str] = typer.Option(None, "--chunk", help="Most model inputs per forward pass for methods "
@@ -217,13 +227,13 @@ def evaluate(
     weights: Optional[str] = typer.Option(None, "--weights", help="State dict or DEFAULT [default: the run's]."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow files that run pickled code; "
                                           "never taken from run.json."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML preset."),
-    resize: Optional[int] = typer.Option(None, "--resize", help="Resize the short side to N pixels."),
-    crop: Optional[int] = typer.Option(None, "--crop", help="Center-crop N x N pixels."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean."),
-    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std."),
-    channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    config_file: Optional[Path] = CONFIG_OPT,
+    resize: Optional[int] = RESIZE_OPT,
+    crop: Optional[int] = CROP_OPT,
+    mean: Optional[str] = MEAN_OPT,
+    std: Optional[str] = STD_OPT,
+    channels: Optional[int] = CHANNELS_OPT,
+    device: Optional[str] = DEVICE_OPT,
     batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
     tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Pointing-game tolerance in input pixels "
                                               "[default: 15 px per 224 px of input]", show_default=False),
@@ -322,13 +332,13 @@ def sanity(
                                         show_default=False),
     weights: Optional[str] = typer.Option(None, "--weights", help="State dict or DEFAULT."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow files that run pickled code."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML preset."),
-    resize: Optional[int] = typer.Option(None, "--resize", help="Resize the short side to N pixels."),
-    crop: Optional[int] = typer.Option(None, "--crop", help="Center-crop N x N pixels."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean."),
-    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std."),
-    channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    config_file: Optional[Path] = CONFIG_OPT,
+    resize: Optional[int] = RESIZE_OPT,
+    crop: Optional[int] = CROP_OPT,
+    mean: Optional[str] = MEAN_OPT,
+    std: Optional[str] = STD_OPT,
+    channels: Optional[int] = CHANNELS_OPT,
+    device: Optional[str] = DEVICE_OPT,
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer of the layer methods (default: found "
                                         "automatically on the original model)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
