@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
@@ -110,6 +111,30 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, allow_nan=False, default=str)
 
 
+class RecordStore(Mapping):
+    """The run's manifest records by (image, method), kept as their JSON lines: a few hundred bytes each instead
+    of a dict's few kilobytes, so a run's memory hardly grows with the number of images. Reading a record
+    parses its line."""
+
+    def __init__(self) -> None:
+        self._lines: dict[tuple[str, str], str] = {}
+
+    def __setitem__(self, key: tuple[str, str], record: dict[str, Any]) -> None:
+        self._lines[key] = _dumps(record)
+
+    def __getitem__(self, key: tuple[str, str]) -> dict[str, Any]:
+        return json.loads(self._lines[key])
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._lines)
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def line(self, key: tuple[str, str]) -> str:
+        return self._lines[key]
+
+
 class OutputWriter:
     """Writes maps and overlays in a thread pool; keeps the run's manifest records.
 
@@ -120,7 +145,7 @@ class OutputWriter:
         self.out = out
         out.mkdir(parents=True, exist_ok=True)
         self.previous = {(r.get("image"), r.get("method")): r for r in read_manifest(out)}
-        self.records: dict[tuple[str, str], dict[str, Any]] = {}
+        self.records = RecordStore()
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="salcli-writer")
         self._pending: list[tuple[Future, dict[str, Any]]] = []
 
@@ -178,11 +203,11 @@ class OutputWriter:
     def write_manifest(self) -> None:
         """Merge this run's records into OUT/manifest.jsonl (other images' lines are kept), sorted."""
         with locked(self.out):
-            merged = {(r.get("image"), r.get("method")): r for r in read_manifest(self.out)}
-            merged.update(self.records)
+            previous = {(r.get("image"), r.get("method")): r for r in read_manifest(self.out)}
+            keys = set(previous) | set(self.records)
             with atomic_path(self.out / MANIFEST) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-                for k in sorted(merged, key=lambda k: (str(k[0]), str(k[1]))):  # line by line: no big string
-                    fh.write(_dumps(merged[k]) + "\n")
+                for k in sorted(keys, key=lambda k: (str(k[0]), str(k[1]))):  # line by line: no big string
+                    fh.write((self.records.line(k) if k in self.records else _dumps(previous[k])) + "\n")
 
     def write_run_json(self, info: dict[str, Any], shard: tuple[int, int] | None) -> None:
         """OUT/run.json; with shards, each shard's summary is kept under ``shards``."""
