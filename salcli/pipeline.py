@@ -235,15 +235,16 @@ def run(config: RunConfig, reporter: Reporter | None = None, argv: list[str] | N
         writer.write_manifest()
         finished = time.time()
         counts = {s: 0 for s in ("ok", "error", "skipped")}
-        for rec in writer.records.values():
+        errors = []
+        for rec in writer.records.values():  # one pass: each record is parsed from its JSON line once
             counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+            if rec["status"] == "error":
+                errors.append({"image": rec["image"], "method": rec["method"], "error": rec["error"]})
         computed = len(todo)
         timings = {"started": started, "seconds": round(finished - started, 3),
                    "setup_seconds": round(loaded_at - started, 3),
                    "images_per_second": round(computed / max(finished - loaded_at, 1e-9), 3) if computed else None}
         writer.write_run_json(_run_info(setup, counts, timings, argv, interrupted), config.shard)
-    errors = [{"image": r["image"], "method": r["method"], "error": r["error"]}
-              for r in writer.records.values() if r["status"] == "error"]
     return RunSummary(str(config.out), counts, len(setup.items), round(time.time() - started, 3),
                       str(setup.device), errors)
 
