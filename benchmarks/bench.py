@@ -188,16 +188,24 @@ def section_limit(b: Bench) -> None:
           rows)
 
 
+def fresh_limit(b: Bench) -> float:
+    """The limit, measured again at its best batch size: the higher of this and every earlier measure is the
+    bar, so a slow moment during the limit section cannot make the methods look closer to the limit."""
+    limit = RESULTS["limit"]
+    limit["rate"] = max(limit["rate"], b.raw_rate(b.model, limit["batch"]))
+    return limit["rate"]
+
+
 def section_compute(b: Bench) -> None:
-    limit = RESULTS["limit"]["rate"]
     rows = []
     for name, n, params in (("vanilla", 32, {}), ("smoothgrad", 4, {}), ("integrated-gradients", 4, {})):
+        limit = fresh_limit(b)
         for label, fast in (("salcli", b.fast()), ("salcli --no-optimize", fastpath.FastModel(b.model))):
             rate = b.method_rate(name, n, params, fast)
             bar = limit / PASSES[name]
             rows.append([name, label, f"{rate:.3f}", f"{bar:.3f}", f"**{rate / bar:.2f}**", "0.9"])
             RESULTS.setdefault("compute", {})[f"{name}/{label}"] = rate / bar
-    full = limit  # one full backward pass: the raw gradient pass rate
+    full = fresh_limit(b)  # one full backward pass: the raw gradient pass rate
     for label, fast in (("salcli", b.fast()), ("salcli --no-optimize", fastpath.FastModel(b.model))):
         rate = b.method_rate("gradcam", 32, {}, fast)
         rows.append(["gradcam", label, f"{rate:.3f}", f"{full:.3f} (one full backward)",
@@ -208,18 +216,26 @@ def section_compute(b: Bench) -> None:
 
 
 def section_pipeline(b: Bench) -> None:
-    small, large = 8, 40
-    folder_s, folder_l = b.jpegs(small, "jpeg8"), b.jpegs(large, "jpeg40")
-    t_s = b.explain(folder_s, b.work / "p8", "vanilla")
-    t_l = b.explain(folder_l, b.work / "p40", "vanilla")
-    marginal = (large - small) / (t_l - t_s)
-    compute = b.method_rate("vanilla", 32)
-    RESULTS["pipeline"] = marginal / compute
-    table("The pipeline hides I/O (vanilla, real JPEGs, decoding in workers, writing in a thread pool)",
+    """The marginal rate between a run of 16 and a run of 64 photos (start-up cancels out), against the
+    compute-only rate measured right before them; three such rounds, the median ratio is reported, so a slow
+    moment of this shared machine lands on both sides of one ratio instead of between them."""
+    small, large = 16, 64
+    folder_s, folder_l = b.jpegs(small, f"jpeg{small}"), b.jpegs(large, f"jpeg{large}")
+    rounds = []
+    for _ in range(3):
+        compute = b.method_rate("vanilla", 32)
+        t_s = b.explain(folder_s, b.work / "p-small", "vanilla")
+        t_l = b.explain(folder_l, b.work / "p-large", "vanilla")
+        marginal = (large - small) / (t_l - t_s)
+        rounds.append((marginal / compute, compute, marginal))
+    ratio, compute, marginal = sorted(rounds)[1]
+    RESULTS["pipeline"] = ratio
+    table("The pipeline hides I/O (vanilla, real JPEGs, the default workers and writer threads)",
           ["what", "images/s"],
           [["compute only (preloaded tensors)", f"{compute:.2f}"],
            [f"salcli explain, marginal rate between {small} and {large} images", f"{marginal:.2f}"],
-           ["ratio (bar 0.85)", f"**{marginal / compute:.2f}**"]])
+           ["ratio (bar 0.85), the median of three rounds", f"**{ratio:.2f}** (rounds: "
+            f"{', '.join(f'{r[0]:.2f}' for r in rounds)})"]])
 
 
 def peer_write(out: Path, names: list[str], maps: np.ndarray, pixels: list[np.ndarray]) -> None:
@@ -286,11 +302,14 @@ def section_peers(b: Bench) -> None:
                                       ("gradcam", 32, gradcam, "pytorch-grad-cam GradCAM (batch 8)", 1.5)):
         folder = b.jpegs(n, f"jpeg{n}")
         peer_run(b, b.jpegs(2, "jpeg2"), b.work / "warm", peer)  # warm-up: lazy initializations
-        ours = b.explain(folder, b.work / f"ours-{name}", name)
-        theirs = peer_run(b, folder, b.work / f"peer-{name}", peer)
+        ours, theirs = float("inf"), float("inf")
+        for _ in range(2):  # alternating, each side the best of two runs: a slow moment does not decide the ratio
+            ours = min(ours, b.explain(folder, b.work / f"ours-{name}", name))
+            theirs = min(theirs, peer_run(b, folder, b.work / f"peer-{name}", peer))
         RESULTS.setdefault("peers", {})[name] = theirs / ours
         rows.append([name, f"{n / ours:.3f}", label, f"{n / theirs:.3f}", f"**{theirs / ours:.2f}x**", f"{bar}x"])
-    table("Ahead of the peers, end to end (model load, decoding, attribution, .npy and overlay PNG written)",
+    table("Ahead of the peers, end to end (model load, decoding, attribution, .npy and overlay PNG written; "
+          "each side the best of two alternating runs)",
           ["method", "salcli images/s", "peer", "peer images/s", "speed-up", "bar"], rows)
 
 
@@ -361,7 +380,7 @@ def section_startup(b: Bench) -> None:
     one.mkdir(exist_ok=True)
     shutil.copy(next((ROOT / "sample_images" / "fashion-mnist" / "Bag").glob("*.png")), one / "bag.png")
     runs = []
-    for _ in range(3):
+    for _ in range(5):
         t0 = time.perf_counter()
         subprocess.run([exe, "explain", str(one), "-o", str(b.work / "one-out"), "--overwrite", "-q"], check=True)
         runs.append(time.perf_counter() - t0)
@@ -454,6 +473,7 @@ def section_gpu(b: Bench) -> None:
                 rate = g.method_rate(name, n, fast=fast, batch=64, chunk=512)
                 bar = limit / PASSES.get(name, 1)
                 rows.append([arch, precision, name, f"{rate:.1f}", f"{rate / bar:.2f}"])
+                RESULTS.setdefault("gpu", {})[f"{arch}/{precision}/{name}"] = rate / bar
         x = g.tensor(8)
         target = torch.zeros(8, dtype=torch.long, device="cuda")
         for name in ("vanilla", "gradcam"):
@@ -471,7 +491,71 @@ def section_gpu(b: Bench) -> None:
                                      np.argsort(np.argsort(q.float().flatten().cpu().numpy())))[0, 1])
                    for p, q in zip(fp32, bf16)]
             rows.append([arch, "bf16 vs fp32", name, "Spearman", f"{min(rho):.3f} (min of 8)"])
+            RESULTS.setdefault("gpu", {})[f"{arch}/spearman/{name}"] = min(rho)
     table("GPU (images/s and ratio to the fp32 limit)", ["model", "precision", "method", "images/s", "ratio"], rows)
+
+
+def targets() -> str:
+    """The issue's targets, each figure of this run next to its bar."""
+    rows = []
+
+    def add(number: int, what: str, bar: str, figures: list[float], ok: bool, fmt: str = "{:.2f}") -> None:
+        rows.append([number, what, bar, " / ".join(fmt.format(f) for f in figures), "met" if ok else "**missed**"])
+
+    c, p = RESULTS.get("compute"), RESULTS.get("peers")
+    if c:
+        v = [c[f"{m}/salcli"] for m in PASSES]
+        add(1, "vanilla / smoothgrad-50 / IG-50 compute against the limit (resnet50 224² fp32, CPU)", "≥ 0.9", v,
+            min(v) >= 0.9)
+        add(1, "Grad-CAM against one full forward + backward", "> 1", [c["gradcam/salcli"]], c["gradcam/salcli"] > 1,
+            "{:.2f}×")
+    if "pipeline" in RESULTS:
+        add(2, "`salcli explain` marginal rate on real JPEGs / compute-only rate", "≥ 0.85", [RESULTS["pipeline"]],
+            RESULTS["pipeline"] >= 0.85)
+    if p:
+        v = [p["vanilla"], p["integrated-gradients"]]
+        add(3, "end to end vs Captum Saliency / IntegratedGradients", "≥ 1.2×", v, min(v) >= 1.2, "{:.2f}×")
+        add(3, "end to end vs Captum NoiseTunnel SmoothGrad", "≥ 1.5×", [p["smoothgrad"]], p["smoothgrad"] >= 1.5,
+            "{:.2f}×")
+        add(3, "end to end vs pytorch-grad-cam GradCAM", "≥ 1.5×", [p["gradcam"]], p["gradcam"] >= 1.5, "{:.2f}×")
+    if "passes" in RESULTS:
+        v = [sum(r["ours"]) / (max(r["captum_per_image"]) * len(r["ours"])) for r in RESULTS["passes"].values()]
+        add(4, f"IG passes to a 1% completeness gap, salcli adaptive / Captum's default rule with one n_steps "
+            f"({' / '.join(RESULTS['passes'])})", "≤ 0.5", v, max(v) <= 0.5)
+    g = RESULTS.get("gpu")
+    if g:
+        v = [g["resnet50/fp32/smoothgrad"], g["resnet50/bf16/smoothgrad"]]
+        add(5, "GPU smoothgrad-50 against the fp32 limit, resnet50 fp32 / bf16", "≥ 0.8", v, max(v) >= 0.8)
+    elif "gpu" in RESULTS.get("sections", []):
+        rows.append([5, "GPU figures", "", "not measured: no CUDA device in this run", "**not measured**"])
+    s = RESULTS.get("startup")
+    if s:
+        add(6, "`salcli --help`, seconds", "< 0.3", [s["help"]], s["help"] < 0.3)
+        add(6, "`salcli explain` of one image with the builtin model, seconds", "< 3", [s["one_image"]],
+            s["one_image"] < 3)
+    m = RESULTS.get("memory")
+    if m:
+        add(6, "main-process RSS growth over 10,000 small images after warm-up, MB", "< 50", [m["growth_mb"]],
+            m["growth_mb"] < 50, "{:.1f}")
+    if not rows:
+        return ""
+    head = ["#", "target", "bar", "measured", ""]
+    lines = ["## Targets (issue 5), this run", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def write_report(path: Path, device: str) -> None:
+    """The run's header, targets and tables between the markers of ``path``; text outside them is kept."""
+    body = f"{BEGIN}\n{header(device)}\n{targets()}\n" + "\n".join(TABLES) + f"\n{END}\n"
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    if BEGIN in old and END in old:
+        rest = old[old.index(END) + len(END):].lstrip("\n")
+        body = old[:old.index(BEGIN)] + body + ("\n" + rest if rest else "")
+    path.write_text(body, encoding="utf-8")
 
 
 def header(device: str) -> str:
@@ -509,6 +593,7 @@ def main() -> None:
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
         sys.exit(f"unknown sections: {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
+    RESULTS["sections"] = chosen
     with tempfile.TemporaryDirectory() as tmp:
         b = Bench(Path(tmp), args.device)
         if "limit" not in chosen and {"compute"} & set(chosen):
@@ -521,7 +606,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(RESULTS, indent=2, default=float))
     if args.write:
-        args.write.write_text(header(args.device) + "\n" + "\n".join(TABLES))
+        write_report(args.write, args.device)
 
 
 if __name__ == "__main__":

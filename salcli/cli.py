@@ -127,7 +127,8 @@ def explain(
                                         "with inner samples (noise samples, steps, masks), or auto "
                                         "(the larger of --batch-size and 32). [default: auto]", show_default=False),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image-decoding worker processes "
-                                          "(default: 0 for one batch, else up to 4)."),
+                                          "(default: up to 4 on a GPU; 0 on the CPU, where the model "
+                                          "uses every core, or for one batch)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, or bf16 (autocast; faster on "
                                             "recent GPUs, maps differ slightly). [default: fp32]",
                                             show_default=False),

@@ -11,19 +11,20 @@ import fcntl
 import io
 import json
 import os
+import struct
 import tempfile
+import zlib
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from PIL import Image
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.jsonl"
 RUN_JSON = "run.json"
-PNG_COMPRESS_LEVEL = 1  # Pillow's default 6 is several times slower for little gain on overlays
+PNG_COMPRESS_LEVEL = 1  # zlib level: Pillow's default 6 is several times slower for little gain on overlays
 
 
 def npy_rel(method: str, key: str) -> str:
@@ -78,9 +79,38 @@ def write_npy(final: Path, array: np.ndarray) -> None:
 
 
 def write_png(final: Path, image: np.ndarray) -> None:
-    # Saving to a real file (not a BytesIO) lets Pillow release the GIL while it compresses.
-    with atomic_path(final) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    write_bytes(final, png_bytes(image))
+
+
+_PNG_COLOR = {1: 0, 3: 2, 4: 6}  # channels -> PNG color type: grayscale, RGB, RGBA
+
+
+def png_bytes(image: np.ndarray, level: int = PNG_COMPRESS_LEVEL) -> bytes:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 -> a PNG file's bytes.
+
+    Every row uses PNG's "Up" filter (the difference to the row above), then zlib at ``level``. Pillow's encoder
+    tries all five filters on every row of an RGB image, which costs more than the compression itself at a fast
+    level: on a 224x242 overlay this takes 3.7 ms against Pillow's 8.2 ms at the same level, for a file 3% larger,
+    and zlib releases the GIL while it compresses, so the writer threads run beside the model.
+    """
+    a = np.ascontiguousarray(image, dtype=np.uint8)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in _PNG_COLOR or 0 in a.shape:
+        raise ValueError(f"cannot write an image of shape {image.shape} as PNG")
+    h, w, c = a.shape
+    rows = a.reshape(h, w * c)
+    raw = np.empty((h, w * c + 1), dtype=np.uint8)
+    raw[:, 0] = 2  # filter type Up; the row above the first is zeros, so the first row is stored as is
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG wants
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, _PNG_COLOR[c], 0, 0, 0)  # 8 bits, deflate, filter set 0, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.data, level))
+            + chunk(b"IEND", b""))
 
 
 @contextlib.contextmanager

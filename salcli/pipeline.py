@@ -171,12 +171,21 @@ def prepare_run(config: RunConfig, reporter: Reporter) -> Setup:
     settings = {m.name: fingerprint({**common, "method": m.name, "params": dataclasses.asdict(m.params)})
                 for m in chosen}
     batch_size = config.batch_size if isinstance(config.batch_size, int) else auto_batch(preprocess, device)
-    workers = config.workers
-    if workers is None:
-        workers = 0 if len(items) <= batch_size else min(4, max(1, (os.cpu_count() or 1)))
+    workers = config.workers if config.workers is not None else auto_workers(len(items), batch_size, device)
     chunk = config.chunk if isinstance(config.chunk, int) else auto_chunk(batch_size, preprocess, device)
     return Setup(config, items, preprocess, labels, loaded, device, chosen, target, settings, batch_size, workers,
                  chunk, layer, references, fast)
+
+
+def auto_workers(images: int, batch_size: int, device: torch.device) -> int:
+    """--workers default: decoding worker processes where they pay. On a GPU the main process only launches
+    kernels, so up to 4 workers decode the next batches beside it. On the CPU the model's threads already use
+    every core, and worker processes cost the main process more than the decoding they take off it (measured:
+    0.88 of the compute-only rate in-process against 0.66 with 1 or 2 workers, resnet50 on 2 cores; 0.95 against
+    0.90 with a core left free), so the main process decodes. One batch never needs workers."""
+    if images <= batch_size or device.type == "cpu":
+        return 0
+    return min(4, max(1, os.cpu_count() or 1))
 
 
 def auto_batch(preprocess: Preprocess, device: torch.device) -> int:

@@ -14,7 +14,6 @@ from torch import nn
 
 import salcli
 from salcli import fastpath
-from salcli.methods.gradient import Vanilla
 
 
 def trained_like(model: nn.Module) -> nn.Module:
@@ -177,5 +176,14 @@ def test_other_errors_are_not_taken_for_out_of_memory():
     assert not fastpath.is_oom(ValueError("out of memory"))
 
 
-def test_vanilla_reads_no_fast_path_state():
-    assert Vanilla().attribute  # the methods take the model they are given: fast paths live in the pipeline
+def test_automatic_sizes_follow_the_device_and_the_input_size():
+    from salcli.config import Preprocess
+    from salcli.pipeline import auto_batch, auto_chunk, auto_workers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    photo, small = Preprocess(), Preprocess(resize=28, crop=28, channels=1, mean=(0.0,), std=(1.0,))
+    assert auto_batch(photo, cpu) == 8 and auto_batch(small, cpu) == 64 and auto_batch(photo, cuda) == 64
+    assert auto_chunk(8, photo, cpu) == 8 and auto_chunk(64, small, cpu) == 1024 and auto_chunk(64, photo, cuda) == 256
+    # the CPU decodes in the main process (its cores run the model); a GPU gets decoding workers; one batch none
+    assert auto_workers(1000, 8, cpu) == 0 and auto_workers(8, 8, cuda) == 0
+    assert 1 <= auto_workers(1000, 64, cuda) <= 4

@@ -32,6 +32,40 @@ def test_outputs_get_the_permissions_open_would_give(tmp_path):
     assert os.stat(tmp_path / "atomic").st_mode & 0o777 == os.stat(plain).st_mode & 0o777
 
 
+@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 1), (3, 4, 3), (2, 2, 4), (1, 1, 3), (9, 1, 3)])
+def test_png_bytes_decode_to_the_same_pixels_in_pillow(shape):
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(sum(shape)).integers(0, 256, size=shape, dtype=np.uint8)
+    back = np.asarray(Image.open(io.BytesIO(outputs.png_bytes(pixels))))
+    assert back.size == pixels.size and np.array_equal(back.reshape(pixels.shape), pixels)
+
+
+def test_png_bytes_compress_an_overlay_about_as_well_as_pillow():
+    import io
+
+    from PIL import Image
+
+    from salcli import render
+
+    yy, xx = np.mgrid[:64, :64]
+    photo = np.stack([(xx * 4) % 256, (yy * 4) % 256, (xx + yy) % 256], axis=2).astype(np.uint8)
+    overlay = render.overlay(photo, np.exp(-((yy - 30) ** 2 + (xx - 20) ** 2) / 200.0), caption="pred cat 90%")
+    ours = outputs.png_bytes(overlay)
+    buf = io.BytesIO()
+    Image.fromarray(overlay).save(buf, format="PNG", compress_level=outputs.PNG_COMPRESS_LEVEL)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(ours))), overlay)
+    assert len(ours) < 1.25 * len(buf.getvalue())
+
+
+def test_png_bytes_refuse_what_png_cannot_hold():
+    for bad in (np.zeros((0, 4, 3), np.uint8), np.zeros((4, 4, 2), np.uint8), np.zeros(4, np.uint8)):
+        with pytest.raises(ValueError, match="cannot write an image of shape"):
+            outputs.png_bytes(bad)
+
+
 def test_paths_cannot_escape_out(tmp_path):
     with pytest.raises(ValueError):
         outputs._safe_join(tmp_path, "vanilla/../../x.npy")
