@@ -33,7 +33,9 @@ class FastModel:
     notes: list[str] = field(default_factory=list)  # what was applied, for run.json
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous()
 
     def autocast(self, device: torch.device):
         if self.precision == "bf16":

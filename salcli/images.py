@@ -177,8 +177,20 @@ def normalize(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
     return (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
 
 
+def normalize_batch(pixels, pre: Preprocess):
+    """uint8 torch tensor (B, H, W, C) -> float32 (B, C, H, W): ``normalize`` for a batch, on the pixels' device
+    and in torch's threads (the same float32 operations in the same order, so the same values). A GPU receives
+    uint8 pixels, a quarter of the bytes of float32. The result keeps the pixels' channels-last memory layout."""
+    import torch
+
+    x = pixels.permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(pre.mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
 class ImageDataset:
-    """Items are dicts: ``index``, ``key``, and either ``pixels`` + ``tensor`` or ``error``.
+    """Items are dicts: ``index``, ``key``, and either ``pixels`` or ``error``.
 
     A file that cannot be decoded becomes an error record; it never raises, so a DataLoader worker survives.
     """
@@ -197,16 +209,19 @@ class ImageDataset:
             return {"index": index, "key": item.key, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - any other failure is still this one file's failure
             return {"index": index, "key": item.key, "error": f"{type(exc).__name__}: {exc}"}
-        return {"index": index, "key": item.key, "pixels": pixels, "tensor": normalize(pixels, self.pre)}
+        return {"index": index, "key": item.key, "pixels": pixels}
 
 
 def collate(records: list[dict]) -> dict:
-    """Stack the good records, pass the failed ones through; an all-bad batch has ``tensor`` None."""
+    """Stack the good records' pixels into one uint8 tensor (B, H, W, C) and pass the failed records through; an
+    all-bad batch has ``pixels`` None. Normalization happens on the batch, on the model's device
+    (``normalize_batch``)."""
     import torch
 
     good = [r for r in records if "error" not in r]
+    stacked = np.stack([r["pixels"] for r in good]) if good else None
     return {
-        "good": [{k: r[k] for k in ("index", "key", "pixels")} for r in good],
-        "tensor": torch.from_numpy(np.stack([r["tensor"] for r in good])) if good else None,
+        "good": [{"index": r["index"], "key": r["key"], "pixels": stacked[i]} for i, r in enumerate(good)],
+        "pixels": torch.from_numpy(stacked) if good else None,
         "errors": [r for r in records if "error" in r],
     }

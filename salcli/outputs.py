@@ -90,8 +90,10 @@ def png_bytes(image: np.ndarray, level: int = PNG_COMPRESS_LEVEL) -> bytes:
 
     Every row uses PNG's "Up" filter (the difference to the row above), then zlib at ``level``. Pillow's encoder
     tries all five filters on every row of an RGB image, which costs more than the compression itself at a fast
-    level: on a 224x242 overlay this takes 3.7 ms against Pillow's 8.2 ms at the same level, for a file 3% larger,
-    and zlib releases the GIL while it compresses, so the writer threads run beside the model.
+    level: on a 224x242 overlay of a photo this takes about 2.5 ms against Pillow's 8 ms at the same level, for a
+    file of about the same size, and zlib releases the GIL while it compresses, so the writer threads run beside
+    the model. (zlib's run-length strategy is faster still on photos but 2.5 times larger on the upscaled
+    overlays of small images, whose repeated pixels only the default strategy's matches catch.)
     """
     a = np.ascontiguousarray(image, dtype=np.uint8)
     if a.ndim == 2:
@@ -109,8 +111,8 @@ def png_bytes(image: np.ndarray, level: int = PNG_COMPRESS_LEVEL) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
 
     header = struct.pack(">IIBBBBB", w, h, 8, _PNG_COLOR[c], 0, 0, 0)  # 8 bits, deflate, filter set 0, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw.data, level))
-            + chunk(b"IEND", b""))
+    data = zlib.compress(raw.data, level)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 @contextlib.contextmanager

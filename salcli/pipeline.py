@@ -287,7 +287,7 @@ def _explain(setup: Setup, todo: list[int], writer: outputs.OutputWriter, report
         for bad in batch["errors"]:
             for m in setup.methods:
                 writer.add(_record(bad["key"], m.name, setup.settings[m.name], status="error", error=bad["error"]))
-        if batch["tensor"] is not None:
+        if batch["pixels"] is not None:
             _explain_batch(setup, batch, writer)
         reporter.advance(len(batch["good"]) + len(batch["errors"]))
         writer.drain(wait_all=False)
@@ -315,14 +315,15 @@ def _malloc_trim():
 def _split(batch: dict) -> list[dict]:
     """Two halves of a batch of good images (errors stay with neither: they are recorded already)."""
     half = len(batch["good"]) // 2
-    return [{**batch, "good": batch["good"][a:b], "tensor": batch["tensor"][a:b], "errors": []}
+    return [{**batch, "good": batch["good"][a:b], "pixels": batch["pixels"][a:b], "errors": []}
             for a, b in ((0, half), (half, len(batch["good"])))]
 
 
 def _explain_batch(setup: Setup, batch: dict, writer: outputs.OutputWriter) -> None:
     fast, good = setup.fast, batch["good"]
     model = fast.module
-    x = fast.prepare_input(batch["tensor"].to(setup.device, non_blocking=True))
+    x = fast.prepare_input(images.normalize_batch(batch["pixels"].to(setup.device, non_blocking=True),
+                                                  setup.preprocess))
     keys = [g["key"] for g in good]
     sources = {g["key"]: str(setup.items[g["index"]].path.resolve()) for g in good}
     pending = {m.name: [i for i, k in enumerate(keys)

@@ -13,7 +13,8 @@ from PIL import Image
 from conftest import TINY_OPTS, manifest
 from salcli.config import Preprocess
 from salcli.errors import UsageError
-from salcli.images import ImageDataset, ImageError, ImageItem, decode, discover, normalize, prepare
+from salcli.images import (ImageDataset, ImageError, ImageItem, collate, decode, discover, normalize, normalize_batch,
+                           prepare)
 
 
 def _png(path: Path, size=(4, 4), color=(10, 20, 30)) -> Path:
@@ -313,12 +314,29 @@ def test_dataset_records_errors_instead_of_raising(tmp_path):
     assert len(ds) == 4
     ok = ds[0]
     assert "error" not in ok and ok["key"] == "good.png" and ok["index"] == 0
-    assert ok["pixels"].shape == (16, 16, 3) and ok["tensor"].shape == (3, 16, 16)
+    assert ok["pixels"].shape == (16, 16, 3) and ok["pixels"].dtype == np.uint8
     for i in (1, 2, 3):
         rec = ds[i]
         assert rec["index"] == i and rec["key"] == ds.items[i].key
         assert isinstance(rec["error"], str) and rec["error"].strip()
-        assert "tensor" not in rec
+        assert "pixels" not in rec
+    batch = collate([ds[i] for i in range(4)])
+    assert batch["pixels"].shape == (1, 16, 16, 3) and [g["key"] for g in batch["good"]] == ["good.png"]
+    assert [e["key"] for e in batch["errors"]] == ["bad.png", "empty.jpg", "gone.png"]
+    assert collate([ds[1]])["pixels"] is None
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_batch_normalization_gives_the_same_values_as_the_per_image_one(channels):
+    import torch
+
+    pre = Preprocess(resize=8, crop=8, channels=channels, mean=(0.485, 0.456, 0.406)[:channels],
+                     std=(0.229, 0.224, 0.225)[:channels])
+    pixels = np.random.default_rng(channels).integers(0, 256, size=(3, 8, 8, channels), dtype=np.uint8)
+    batch = normalize_batch(torch.from_numpy(pixels), pre)
+    expected = np.stack([normalize(p, pre) for p in pixels])
+    assert batch.dtype == torch.float32 and batch.shape == (3, channels, 8, 8)
+    assert np.array_equal(batch.numpy(), expected)  # the same float32 operations in the same order
 
 
 # ---------------------------------------------------------------------------------------------- end to end
