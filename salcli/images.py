@@ -171,16 +171,16 @@ def prepare(im: Image.Image, pre: Preprocess) -> np.ndarray:
 
 
 def normalize(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """uint8 (H, W, C) -> float32 (C, H, W), ``(x / 255 - mean) / std``."""
-    mean, std = pre.mean, pre.std
-    x = pixels.astype(np.float32).transpose(2, 0, 1) / 255.0
-    return (x - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+    """uint8 (H, W, C) -> float32 (C, H, W), ``(x / 255 - mean) / std``: ``normalize_batch`` on one image."""
+    import torch
+
+    return normalize_batch(torch.from_numpy(np.ascontiguousarray(pixels))[None], pre)[0].contiguous().numpy()
 
 
 def normalize_batch(pixels, pre: Preprocess):
-    """uint8 torch tensor (B, H, W, C) -> float32 (B, C, H, W): ``normalize`` for a batch, on the pixels' device
-    and in torch's threads (the same float32 operations in the same order, so the same values). A GPU receives
-    uint8 pixels, a quarter of the bytes of float32. The result keeps the pixels' channels-last memory layout."""
+    """uint8 torch tensor (B, H, W, C) -> float32 (B, C, H, W), ``(x / 255 - mean) / std`` in float32, on the
+    pixels' device and in torch's threads. A GPU receives uint8 pixels, a quarter of the bytes of float32. The
+    result keeps the pixels' channels-last memory layout."""
     import torch
 
     x = pixels.permute(0, 3, 1, 2).float() / 255.0

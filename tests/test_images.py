@@ -327,16 +327,18 @@ def test_dataset_records_errors_instead_of_raising(tmp_path):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_batch_normalization_gives_the_same_values_as_the_per_image_one(channels):
+def test_normalization_gives_the_float32_values_numpy_gives(channels):
     import torch
 
     pre = Preprocess(resize=8, crop=8, channels=channels, mean=(0.485, 0.456, 0.406)[:channels],
                      std=(0.229, 0.224, 0.225)[:channels])
     pixels = np.random.default_rng(channels).integers(0, 256, size=(3, 8, 8, channels), dtype=np.uint8)
     batch = normalize_batch(torch.from_numpy(pixels), pre)
-    expected = np.stack([normalize(p, pre) for p in pixels])
+    mean, std = (np.asarray(v, np.float32)[None, :, None, None] for v in (pre.mean, pre.std))
+    expected = (pixels.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0) - mean) / std  # numpy, float32
     assert batch.dtype == torch.float32 and batch.shape == (3, channels, 8, 8)
     assert np.array_equal(batch.numpy(), expected)  # the same float32 operations in the same order
+    assert np.array_equal(np.stack([normalize(p, pre) for p in pixels]), expected)
 
 
 # ---------------------------------------------------------------------------------------------- end to end
