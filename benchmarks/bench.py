@@ -33,7 +33,7 @@ import torchvision
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from salcli import fastpath, images, methods, render  # noqa: E402
+from salcli import fastpath, images, render  # noqa: E402
 from salcli.config import Preprocess, build_config  # noqa: E402
 from salcli.outputs import PNG_COMPRESS_LEVEL  # noqa: E402
 
@@ -122,31 +122,24 @@ class Bench:
         example = self.tensor(1)
         return fastpath.prepare(self.model, example, True, precision)
 
-    def method_rate(self, name: str, n: int, params: dict | None = None, fast=None, batch: int | None = None,
-                    chunk: int | None = None) -> float:
-        """Images per second of one method on preloaded tensors (compute only), as the pipeline calls it, with
-        the pipeline's automatic batch and chunk sizes unless given."""
-        from salcli.pipeline import auto_batch, auto_chunk
+    def method_rate(self, name: str, n: int, params: dict | None = None, optimize: bool = True,
+                    precision: str = "fp32", batch: int | None = None, chunk: int | None = None) -> float:
+        """Images per second of one method on preloaded tensors (compute only), through the engine the pipeline
+        runs (``salcli.Explainer``), with the pipeline's automatic batch and chunk sizes unless given."""
+        from salcli.engine import Explainer
+        from salcli.resolve import auto_batch
 
         batch = batch or auto_batch(PRE, self.device)
-        chunk = chunk or auto_chunk(batch, PRE, self.device)
-        fast = fast or self.fast()
-        method = methods.create(name, params or {})
-        x = fast.prepare_input(self.tensor(n))
-        with torch.no_grad():
-            target = fast.module(x).argmax(1)
-        layer = None
-        if method.needs_layer:
-            from salcli import layers
-
-            layer = layers.resolve_layer(fast.module, None, x[:1])
+        engine = Explainer(self.model, [name], params={name: params or {}}, preprocess=PRE, chunk=chunk or "auto",
+                           batch_size=batch, precision=precision, optimize=optimize, device=self.device)
+        x = self.tensor(n)
+        target = torch.cat([engine.forward(x[s:s + batch]).argmax(1) for s in range(0, n, batch)])
+        keys = [f"img{i}" for i in range(n)]
 
         def once():
             for start in range(0, n, batch):
-                ctx = methods.Context(keys=[f"img{i}" for i in range(start, min(n, start + batch))], layer=layer,
-                                      chunk=chunk, mean=PRE.mean, std=PRE.std)
-                with fast.autocast(self.device):
-                    method.attribute(fast.module, x[start:start + batch], target[start:start + batch], ctx)
+                result = engine(x[start:start + batch], keys[start:start + batch], target[start:start + batch])
+                assert not result.failures, result.failures
             self.sync()
 
         return n / timed(once, reps=3 if n >= 16 else 1)
@@ -200,14 +193,14 @@ def section_compute(b: Bench) -> None:
     rows = []
     for name, n, params in (("vanilla", 32, {}), ("smoothgrad", 4, {}), ("integrated-gradients", 4, {})):
         limit = fresh_limit(b)
-        for label, fast in (("salcli", b.fast()), ("salcli --no-optimize", fastpath.FastModel(b.model))):
-            rate = b.method_rate(name, n, params, fast)
+        for label, optimize in (("salcli", True), ("salcli --no-optimize", False)):
+            rate = b.method_rate(name, n, params, optimize)
             bar = limit / PASSES[name]
             rows.append([name, label, f"{rate:.3f}", f"{bar:.3f}", f"**{rate / bar:.2f}**", "0.9"])
             RESULTS.setdefault("compute", {})[f"{name}/{label}"] = rate / bar
     full = fresh_limit(b)  # one full backward pass: the raw gradient pass rate
-    for label, fast in (("salcli", b.fast()), ("salcli --no-optimize", fastpath.FastModel(b.model))):
-        rate = b.method_rate("gradcam", 32, {}, fast)
+    for label, optimize in (("salcli", True), ("salcli --no-optimize", False)):
+        rate = b.method_rate("gradcam", 32, {}, optimize)
         rows.append(["gradcam", label, f"{rate:.3f}", f"{full:.3f} (one full backward)",
                      f"**{rate / full:.2f}**", "> 1"])
         RESULTS.setdefault("compute", {})[f"gradcam/{label}"] = rate / full
@@ -333,10 +326,8 @@ def section_passes(b: Bench) -> None:
             files = b.photos
         x = torch.from_numpy(np.stack([images.normalize(images.prepare(images.decode(f), pre), pre)
                                        for f in files]))
-        ctx = methods.Context(keys=[f.name for f in files], mean=pre.mean, std=pre.std)
-        from salcli.methods import baselines
-
-        base = baselines.make("black", x, ctx)
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (pre.mean, pre.std))
+        base = ((torch.zeros_like(x) - mean) / std)  # black pixels, normalized: the "black" baseline
         with torch.no_grad():
             target = model(x).argmax(1)
             delta = (model(x) - model(base)).gather(1, target.view(-1, 1)).squeeze(1).double()
@@ -352,8 +343,11 @@ def section_passes(b: Bench) -> None:
             if all(v is not None for v in need):
                 break
         need = [v if v is not None else 1024 for v in need]
-        m = methods.create("integrated-gradients", {"rule": "adaptive", "tolerance": 0.01})
-        _, extras = m.attribute_with_extras(model, x, target, ctx)
+        from salcli.engine import Explainer
+
+        engine = Explainer(model, ["integrated-gradients"], preprocess=pre,
+                           params={"integrated-gradients": {"rule": "adaptive", "tolerance": 0.01}})
+        extras = engine(x, [f.name for f in files], target).extras["integrated-gradients"]
         ours = extras["ig_steps"]
         assert max(extras["completeness_gap"]) <= 0.01
         captum_each, captum_one = sum(need), max(need) * len(files)
@@ -467,26 +461,20 @@ def section_gpu(b: Bench) -> None:
         g = Bench(b.work, "cuda", arch)
         limit = max(g.raw_rate(g.model, batch) for batch in (16, 32, 64))
         for precision in ("fp32", "bf16"):
-            fast = g.fast(precision)
             for name in ("vanilla", "smoothgrad", "integrated-gradients", "gradcam"):
                 n = 64 if name in ("vanilla", "gradcam") else 16
-                rate = g.method_rate(name, n, fast=fast, batch=64, chunk=512)
+                rate = g.method_rate(name, n, precision=precision, batch=64, chunk=512)
                 bar = limit / PASSES.get(name, 1)
                 rows.append([arch, precision, name, f"{rate:.1f}", f"{rate / bar:.2f}"])
                 RESULTS.setdefault("gpu", {})[f"{arch}/{precision}/{name}"] = rate / bar
         x = g.tensor(8)
         target = torch.zeros(8, dtype=torch.long, device="cuda")
         for name in ("vanilla", "gradcam"):
-            a = methods.create(name)
-            layer = None
-            if a.needs_layer:
-                from salcli import layers
+            from salcli.engine import Explainer
 
-                layer = layers.resolve_layer(g.model, None, x[:1])
-            ctx = methods.Context(keys=[str(i) for i in range(8)], layer=layer)
-            fp32 = a.attribute(g.model, x, target, ctx)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                bf16 = a.attribute(g.model, x, target, ctx)
+            keys = [str(i) for i in range(8)]
+            fp32, bf16 = (Explainer(g.model, [name], preprocess=PRE, precision=p, device="cuda")(x, keys, target)
+                          .maps[name] for p in ("fp32", "bf16"))
             rho = [float(np.corrcoef(np.argsort(np.argsort(p.flatten().cpu().numpy())),
                                      np.argsort(np.argsort(q.float().flatten().cpu().numpy())))[0, 1])
                    for p, q in zip(fp32, bf16)]

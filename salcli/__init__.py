@@ -1,12 +1,13 @@
 """salcli: explain what image classifiers look at.
 
-The command line is ``salcli``; the Python API is ``salcli.explain`` (imported lazily, so that importing the
-package, and ``salcli --help``, do not import torch).
+The command line is ``salcli``; the Python API is ``salcli.Explainer`` (configured once, called on batches) and
+``salcli.explain`` (one call), both on the engine the CLI runs. They are imported lazily, so that importing the
+package, and ``salcli --help``, do not import torch.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "explain"]
+__all__ = ["Explainer", "__version__", "explain"]
 
 
 def __getattr__(name: str):
@@ -14,4 +15,8 @@ def __getattr__(name: str):
         from .api import explain
 
         return explain
+    if name == "Explainer":
+        from .engine import Explainer
+
+        return Explainer
     raise AttributeError(f"module 'salcli' has no attribute {name!r}")

@@ -12,9 +12,9 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__
+from . import __version__, sources
 from .config import build_config
-from .errors import SalcliError
+from .errors import SalcliError, word
 
 EXIT_INTERRUPTED = 130
 
@@ -34,9 +34,16 @@ def _stderr():
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+# How the command line spells a setting that a library error names (errors.setting); the rest are --name.
+FLAGS = {"out": "-o/--out", "config_file": "--config", "methods": "-m/--method", "params": "-p/--param",
+         "method": "-m/--method"}
+
+
 def _fail(exc: SalcliError) -> typer.Exit:
+    from rich.markup import escape
+
     kind = {2: "usage error", 3: "model error", 4: "gate failed"}.get(exc.exit_code, "error")
-    _stderr().print(f"[bold red]salcli: {kind}:[/] {exc}", markup=True)
+    _stderr().print(f"[bold red]salcli: {kind}:[/] {escape(exc.render(FLAGS))}", markup=True)
     return typer.Exit(exc.exit_code)
 
 
@@ -59,7 +66,9 @@ class TerminalReporter:
 
     def note(self, message: str) -> None:
         if not self.quiet:
-            _stderr().print(f"[yellow]note:[/] {message}", markup=True)
+            from rich.markup import escape
+
+            _stderr().print(f"[yellow]note:[/] {escape(word(message, FLAGS))}", markup=True)
 
     def finish(self) -> None:
         if self.bar is not None:
@@ -74,6 +83,7 @@ def _version(value: bool) -> None:
 
 
 # Options shared by every command that loads a model (one definition, so their help never drifts apart).
+MODEL_HELP = ", ".join(dict.fromkeys(form for source in sources.describe() for form in source["forms"])) + "."
 CONFIG_OPT = typer.Option(None, "--config", help="A TOML preset (see configs/).")
 RESIZE_OPT = typer.Option(None, "--resize", help="Resize the short side to N pixels.")
 CROP_OPT = typer.Option(None, "--crop", help="Center-crop N x N pixels after resizing.")
@@ -98,9 +108,8 @@ def explain(
     inputs: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively).",
                                         show_default=False),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (maps, overlays, manifest.jsonl, run.json)."),
-    model: Optional[str] = typer.Option(None, "--model", help="builtin:NAME, torchvision:NAME, FILE.py:FUNC, "
-                                        "package.module:FUNC, or a .pt/.pth/.ts/.pt2 file. "
-                                        "[default: builtin:fashion-mnist]", show_default=False),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " [default: builtin:fashion-mnist]",
+                                        show_default=False),
     weights: Optional[str] = typer.Option(None, "--weights", help="State dict (.safetensors, .pt, .pth, .bin, "
                                           ".ckpt; read weights-only) or DEFAULT (torchvision's published weights)."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow files that run pickled "
@@ -183,13 +192,43 @@ def explain(
 
 
 # Model options: the same names and meaning in every command that loads a model.
-MODEL_HELP = ("builtin:NAME, torchvision:NAME, FILE.py:FUNC, package.module:FUNC, or a .pt/.pth/.ts/.pt2 file.")
-
-
 def _model_overrides(model, weights, trust_checkpoint, config_file, resize, crop, mean, std, channels):
     return {"model": model, "weights": weights, "trust_checkpoint": trust_checkpoint or None,
             "config_file": config_file, "resize": resize, "crop": crop, "mean": mean, "std": std,
             "channels": channels}
+
+
+def with_gates(command: str):
+    """Add one gate option per gated metric of ``command`` (from the measures registry) to a command; the
+    function receives them as ``gates={keyword: bar or None}``."""
+    import functools
+    import inspect
+
+    from . import measures
+
+    def wrap(fn):
+        signature = inspect.signature(fn)
+        extra = [inspect.Parameter(m.gate_option, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[float],
+                                   default=typer.Option(None, m.gate_flag, help=f"Gate: exit 4 when {m.name} is "
+                                                        f"{'below' if m.better == measures.HIGHER else 'above'} "
+                                                        f"this ({m.help}).", show_default=False))
+                 for m in measures.gated(command)]
+        names = [p.gate_option for p in measures.gated(command)]
+
+        @functools.wraps(fn)
+        def command_fn(*args, **kwargs):
+            return fn(*args, gates={n: kwargs.pop(n) for n in names}, **kwargs)
+
+        params = [p for p in signature.parameters.values() if p.name != "gates"]
+        command_fn.__signature__ = signature.replace(parameters=params + extra)
+        return command_fn
+
+    return wrap
+
+
+def _print_gate_failures(failures: list[str]) -> None:
+    for line in failures:
+        _stderr().print(f"[bold red]gate failed:[/] {word(line, FLAGS)}", markup=True)
 
 
 def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
@@ -217,6 +256,7 @@ def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
 @app.command(epilog="Examples:\n\n"
              "`salcli evaluate out --masks sample_images/fashion-mnist-masks`\n\n"
              "`salcli evaluate out -m gradcam --min-pointing-game 0.8 --max-deletion-auc 0.3 --json`")
+@with_gates("evaluate")
 def evaluate(
     out: Path = typer.Argument(..., help="The output folder of a finished salcli explain run."),
     masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of object masks (PNG, white = object) at "
@@ -242,11 +282,7 @@ def evaluate(
     steps: int = typer.Option(32, "--steps", help="Points on the deletion and insertion curves."),
     stability: bool = typer.Option(True, "--stability/--no-stability", help="Measure stability (recomputes each "
                                    "map twice: small noise, one-pixel shift)."),
-    min_pointing_game: Optional[float] = typer.Option(None, "--min-pointing-game", help="Gate: exit 4 below this."),
-    min_energy: Optional[float] = typer.Option(None, "--min-energy", help="Gate: exit 4 below this."),
-    max_deletion_auc: Optional[float] = typer.Option(None, "--max-deletion-auc", help="Gate: exit 4 above this."),
-    min_insertion_auc: Optional[float] = typer.Option(None, "--min-insertion-auc", help="Gate: exit 4 below this."),
-    min_stability: Optional[float] = typer.Option(None, "--min-stability", help="Gate: exit 4 below this."),
+    gates: dict = None,
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors and failed gates."),
 ) -> None:
@@ -256,38 +292,33 @@ def evaluate(
     Exit codes: 0 done and every gate passed; 2 usage error; 3 model could not be loaded; 4 a gate failed.
     """
     try:
-        from .config import check_device
+        from . import gates as quality, measures
+        from .config import build_overrides, check_device
         from .evaluation import EvalOptions, evaluate as run_evaluate, write_results
-        from . import gates
 
         if device is not None:
             check_device(device)
         opts = EvalOptions(masks=masks, boxes=boxes, methods=tuple(method or ()), tolerance=tolerance,
-                           top_k=top_k, steps=steps, stability=stability, batch_size=batch_size,
-                           device=device or "auto")
-        overrides = _model_overrides(model, weights, trust_checkpoint, config_file, resize, crop, mean, std,
-                                     channels)
-        overrides["device"] = device
-        summary = run_evaluate(out, opts, overrides, TerminalReporter(quiet))
+                           top_k=top_k, steps=steps, skip=frozenset() if stability else frozenset({"stability"}),
+                           batch_size=batch_size, device=device or "auto")
+        overrides, given = build_overrides(_model_overrides(model, weights, trust_checkpoint, config_file, resize,
+                                                            crop, mean, std, channels))
+        summary = run_evaluate(out, opts, overrides, given - {"device"}, TerminalReporter(quiet))
         write_results(out, summary)
-        failures = gates.check(summary.rows, {"min_pointing_game": min_pointing_game, "min_energy": min_energy,
-                                              "max_deletion_auc": max_deletion_auc,
-                                              "min_insertion_auc": min_insertion_auc, "min_stability": min_stability})
+        failures = quality.check(summary.rows, gates)
     except SalcliError as exc:
         raise _fail(exc) from None
     if as_json:
         typer.echo(json.dumps({"methods": summary.rows, "skipped_unannotated": summary.skipped_unannotated,
-                               "gates_failed": failures}, default=str))
+                               "gates_failed": [word(f, FLAGS) for f in failures]}, default=str))
     elif not quiet:
-        _print_table(f"salcli evaluate {out}", summary.rows,
-                     ["method", "images", *[c for c in ("pointing_game", "energy", "iou") if
-                                            any(r.get(c) is not None for r in summary.rows)],
-                      "deletion_auc", "deletion_road_auc", "insertion_auc", "stability", "fragile"])
+        shown = [m.name for m in measures.metrics("evaluate")
+                 if m.table and any(r.get(m.name) is not None for r in summary.rows)]
+        _print_table(f"salcli evaluate {out}", summary.rows, ["method", "images", *shown])
         if summary.skipped_unannotated:
             _stderr().print(f"{summary.skipped_unannotated} image(s) had no annotation and were skipped for "
                             "localization")
-    for line in failures:
-        _stderr().print(f"[bold red]gate failed:[/] {line}", markup=True)
+    _print_gate_failures(failures)
     raise typer.Exit(4 if failures else 0)
 
 
@@ -326,6 +357,7 @@ def report(
              "`salcli sanity sample_images/fashion-mnist -o sanity-out`\n\n"
              "`salcli sanity imgs/ --model net.py:build --weights ckpt.pt -m gradcam "
              "--max-randomization-similarity 0.5 --json`")
+@with_gates("sanity")
 def sanity(
     inputs: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively).",
                                         show_default=False),
@@ -354,9 +386,7 @@ def sanity(
     threshold: float = typer.Option(0.5, "--threshold", help="Verdict: pass when the mean Spearman at full "
                                     "randomization is below this."),
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Write DIR/sanity.json and DIR/sanity.png."),
-    max_randomization_similarity: Optional[float] = typer.Option(
-        None, "--max-randomization-similarity", help="Gate: exit 4 when a method's mean Spearman at full "
-        "randomization is above this."),
+    gates: dict = None,
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors and failed gates."),
 ) -> None:
@@ -367,7 +397,7 @@ def sanity(
     Exit codes: 0 done and every gate passed; 2 usage error; 3 model could not be loaded; 4 a gate failed.
     """
     try:
-        from . import gates
+        from . import gates as quality
         from .sanity import DEFAULT_METHODS, SanityOptions, run as run_sanity, write_results
 
         opts = SanityOptions(limit=limit, max_steps=max_steps, threshold=threshold)
@@ -378,19 +408,18 @@ def sanity(
         config = build_config(cli)
         result = run_sanity(config, opts, TerminalReporter(quiet))
         written = write_results(out, result) if out is not None else []
-        failures = gates.check(result.rows, {"max_randomization_similarity": max_randomization_similarity})
+        failures = quality.check(result.rows, gates)
     except SalcliError as exc:
         raise _fail(exc) from None
     if as_json:
-        typer.echo(json.dumps({**result.to_json(), "gates_failed": failures}, default=str))
+        typer.echo(json.dumps({**result.to_json(), "gates_failed": [word(f, FLAGS) for f in failures]}, default=str))
     elif not quiet:
         _print_table(f"salcli sanity: {len(result.images)} image(s), {len(result.cascade)} layers randomized "
                      "from the logits down", result.rows,
                      ["method", "randomization_similarity", "ssim_final", "verdict"])
         if written:
             _stderr().print(f"wrote {', '.join(str(out / w) for w in written)}")
-    for line in failures:
-        _stderr().print(f"[bold red]gate failed:[/] {line}", markup=True)
+    _print_gate_failures(failures)
     raise typer.Exit(4 if failures else 0)
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError, did_you_mean
+from .errors import UsageError, did_you_mean, setting
 
 PREPROCESS_KEYS = ("resize", "crop", "mean", "std", "channels", "interpolation")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -34,19 +34,19 @@ class Preprocess:
         if self.interpolation not in INTERPOLATIONS:
             raise UsageError(f"preprocess.interpolation must be one of {', '.join(INTERPOLATIONS)}")
         if self.channels not in (1, 3):
-            raise UsageError(f"--channels must be 1 or 3, not {self.channels}")
+            raise UsageError(f"{setting('channels')} must be 1 or 3, not {self.channels}")
         if self.resize < 1 or self.crop < 1:
-            raise UsageError("--resize and --crop must be positive pixel counts")
+            raise UsageError(f"{setting('resize')} and {setting('crop')} must be positive pixel counts")
         if self.crop > self.resize:
-            raise UsageError(f"--crop {self.crop} is larger than --resize {self.resize}; "
+            raise UsageError(f"{setting('crop')} {self.crop} is larger than {setting('resize')} {self.resize}; "
                              "the crop is taken from the resized image")
         for name in ("mean", "std"):
             values = getattr(self, name)
             if len(values) not in (1, self.channels):
-                raise UsageError(f"--{name} has {len(values)} values but the model takes {self.channels} "
+                raise UsageError(f"{setting(name)} has {len(values)} values but the model takes {self.channels} "
                                  f"channel(s); give 1 or {self.channels} comma-separated numbers")
         if any(s <= 0 for s in self.std):
-            raise UsageError("--std values must be positive")
+            raise UsageError(f"{setting('std')} values must be positive")
         for name in ("mean", "std"):  # one value per channel from here on
             values = tuple(float(v) for v in getattr(self, name))
             object.__setattr__(self, name, values * self.channels if len(values) == 1 else values)
@@ -90,6 +90,30 @@ class RunConfig:
         d["out"] = str(self.out) if self.out else None
         d["config_file"] = str(self.config_file) if self.config_file else None
         return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "RunConfig":
+        """The inverse of ``to_json`` (run.json's ``settings``): data in, no command-line parsing. Keys this
+        version does not know are ignored; missing keys keep their defaults."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        for key in ("inputs", "methods"):
+            if key in values:
+                values[key] = tuple(Path(p) for p in values[key]) if key == "inputs" else tuple(values[key])
+        for key in ("out", "config_file"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        if isinstance(values.get("labels"), list):
+            values["labels"] = tuple(values["labels"])
+        if values.get("shard") is not None:
+            values["shard"] = tuple(values["shard"])
+        pre = dict(values.get("preprocess") or {})
+        for key in ("mean", "std"):
+            if key in pre:
+                pre[key] = tuple(float(v) for v in pre[key])
+        values["preprocess"] = pre
+        values["params"] = {m: dict(t) for m, t in (values.get("params") or {}).items()}
+        return cls(**values)
 
 
 # Keys a TOML preset may set at its top level, with the type each must have.
@@ -177,13 +201,13 @@ def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[in
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
-        raise UsageError(f"--shard takes I/N, such as 0/4 (I counts from 0); got '{text}'") from None
+        raise UsageError(f"{setting('shard')} takes I/N, such as 0/4 (I counts from 0); got '{text}'") from None
     if n < 1 or not 0 <= i < n:
-        raise UsageError(f"--shard {text}: I must be in 0..N-1 and N at least 1")
+        raise UsageError(f"{setting('shard')} {text}: I must be in 0..N-1 and N at least 1")
     return (i, n)
 
 
-def parse_batch_size(value: str | int, option: str = "--batch-size") -> int | str:
+def parse_batch_size(value: str | int, option: str = setting("batch_size")) -> int | str:
     if isinstance(value, int) or str(value).isdigit():
         if int(value) < 1:
             raise UsageError(f"{option} must be at least 1 (or 'auto')")
@@ -196,12 +220,18 @@ def parse_batch_size(value: str | int, option: str = "--batch-size") -> int | st
 def check_device(device: str) -> str:
     base, _, index = device.partition(":")
     if base not in ("auto", "cpu", "cuda", "mps") or (index and (base != "cuda" or not index.isdigit())):
-        raise UsageError(f"--device takes {DEVICE_HELP}; got '{device}'")
+        raise UsageError(f"{setting('device')} takes {DEVICE_HELP}; got '{device}'")
     return device
 
 
 def build_config(cli: dict[str, Any]) -> RunConfig:
     """Merge a preset (``cli['config_file']``) with the command-line values that were given (not None)."""
+    return build_overrides(cli)[0]
+
+
+def build_overrides(cli: dict[str, Any]) -> tuple[RunConfig, frozenset[str]]:
+    """Like ``build_config``, and the names of the fields that the preset or the command line set (for commands
+    that lay options over a finished run's settings: ``evaluate``)."""
     values: dict[str, Any] = {}
     preset_params: dict[str, dict[str, Any]] = {}
     config_file = cli.get("config_file")
@@ -223,7 +253,7 @@ def build_config(cli: dict[str, Any]) -> RunConfig:
     values["preprocess"] = {**values.get("preprocess", {}), **cli_pre}
     for key in ("mean", "std"):
         if isinstance(values["preprocess"].get(key), str):
-            values["preprocess"][key] = parse_floats(values["preprocess"][key], f"--{key}")
+            values["preprocess"][key] = parse_floats(values["preprocess"][key], setting(key))
         elif key in values["preprocess"]:
             values["preprocess"][key] = tuple(float(v) for v in values["preprocess"][key])
 
@@ -239,25 +269,27 @@ def build_config(cli: dict[str, Any]) -> RunConfig:
         if key == "methods" and not value:
             continue
         values[key] = value
+    given = frozenset(k for k in values if k not in ("preprocess", "params")) | (
+        {"preprocess"} if values["preprocess"] else set()) | ({"params"} if values["params"] else set())
     if "methods" in values:
         values["methods"] = tuple(dict.fromkeys(values["methods"]))  # keep order, drop repeats
     if "labels" in values and isinstance(values["labels"], Path):
         values["labels"] = str(values["labels"])
     values["batch_size"] = parse_batch_size(values.get("batch_size", "auto"))
-    values["chunk"] = parse_batch_size(values.get("chunk", "auto"), "--chunk")
+    values["chunk"] = parse_batch_size(values.get("chunk", "auto"), setting("chunk"))
     values["device"] = check_device(values.get("device", "auto"))
     if values.get("precision", "fp32") not in ("fp32", "bf16"):
-        raise UsageError(f"--precision takes fp32 or bf16; got '{values['precision']}'")
+        raise UsageError(f"{setting('precision')} takes fp32 or bf16; got '{values['precision']}'")
     values["shard"] = parse_shard(values.get("shard"))
     if "inputs" in values:
         values["inputs"] = tuple(Path(p) for p in values["inputs"])
     if values.get("out") is not None:
         values["out"] = Path(values["out"])
     if not 0.0 <= float(values.get("alpha", 0.5)) <= 1.0:
-        raise UsageError("--alpha must be between 0 and 1")
+        raise UsageError(f"{setting('alpha')} must be between 0 and 1")
     if values.get("workers") is not None and values["workers"] < 0:
-        raise UsageError("--workers must be 0 or more")
-    return RunConfig(**values)
+        raise UsageError(f"{setting('workers')} must be 0 or more")
+    return RunConfig(**values), given
 
 
 def with_(config: RunConfig, **changes: Any) -> RunConfig:

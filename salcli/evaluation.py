@@ -1,9 +1,12 @@
 """`salcli evaluate`: score a finished run for localization, faithfulness and stability. Orchestration only:
-the measures live in ``metrics.py``, files are written by ``outputs.py``. Never imports typer.
+the measures are the registry in ``measures/`` (over the pure functions of ``metrics.py``), the run's settings
+are resolved by ``resolve.py`` into the same engine ``explain`` ran, maps are read through the run's output sink,
+and files are written by ``outputs``. Never imports typer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,13 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import images, methods, metrics, models, outputs
-from .config import Preprocess, RunConfig, build_config
-from .errors import UsageError
+from . import images, measures, outputs
+from .config import Preprocess, RunConfig
+from .errors import UsageError, setting
 from .methods.base import image_seed
+from .resolve import resolve
 
 RANDOM = "random"  # the random-map baseline's name in tables and metrics.jsonl
-FRAGILE = 0.5  # an explanation whose stability (rank correlation under tiny changes) is below this is fragile
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class EvalOptions:
     tolerance: float | None = None  # pointing-game tolerance in input pixels (default 15 px per 224 px)
     top_k: float = 0.2
     steps: int = 32  # points on the deletion/insertion curves
-    stability: bool = True
+    skip: frozenset[str] = frozenset()  # measures not to run (``--no-stability`` skips "stability")
     batch_size: int = 16
     device: str = "auto"
 
@@ -42,18 +45,19 @@ class EvalSummary:
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # method -> curve name -> mean
 
 
-def config_from_run(run: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
-    """The run's model settings, with the model options given to this command on top."""
-    settings = run.get("settings") or {}
-    cli: dict[str, Any] = {k: settings.get(k) for k in ("model", "weights", "config_file", "labels")}
-    if isinstance(cli.get("labels"), list):
-        cli["labels"] = tuple(cli["labels"])
-    for key, value in (settings.get("preprocess") or {}).items():
-        cli[key] = ",".join(map(str, value)) if isinstance(value, list) else value
-    cli.update({k: v for k, v in overrides.items() if v is not None})
-    cli["trust_checkpoint"] = overrides.get("trust_checkpoint")  # never taken from the file
-    cli["device"] = overrides.get("device") or "auto"
-    return build_config(cli)
+def config_from_run(run: dict[str, Any], overrides: RunConfig | None = None,
+                    given: frozenset[str] = frozenset()) -> RunConfig:
+    """The run's settings, read as data from run.json, with the model options given to this command on top
+    (``given``: the fields of ``overrides`` that were set). ``--trust-checkpoint`` is never taken from the file,
+    and the device is this machine's, not the run's."""
+    config = RunConfig.from_json(run.get("settings") or {})
+    changes: dict[str, Any] = {"trust_checkpoint": False, "device": "auto", "out": None, "inputs": ()}
+    if overrides is not None:
+        for name in given:
+            changes[name] = getattr(overrides, name)
+        changes["preprocess"] = {**config.preprocess, **overrides.preprocess}
+        changes["trust_checkpoint"] = overrides.trust_checkpoint
+    return dataclasses.replace(config, **changes)
 
 
 def load_annotations(keys: list[str], masks: Path | None, boxes: Path | None) -> dict[str, Any]:
@@ -61,7 +65,7 @@ def load_annotations(keys: list[str], masks: Path | None, boxes: Path | None) ->
     found: dict[str, Any] = {}
     if masks is not None:
         if not masks.is_dir():
-            raise UsageError(f"--masks {masks}: not a folder")
+            raise UsageError(f"{setting('masks')} {masks}: not a folder")
         for key in keys:
             parts = key.split("/")
             # the key itself, or any trailing part of it (masks made for a sub-folder of the run's inputs)
@@ -86,7 +90,7 @@ def _read_boxes(path: Path) -> dict[str, Any]:
     and ``annotations`` (image_id, bbox = [x, y, w, h]).
     """
     if not path.is_file():
-        raise UsageError(f"--boxes {path}: no such file")
+        raise UsageError(f"{setting('boxes')} {path}: no such file")
     out: dict[str, list] = {}
     if path.suffix.lower() == ".json":
         doc = json.loads(path.read_text())
@@ -102,7 +106,7 @@ def _read_boxes(path: Path) -> dict[str, Any]:
                 try:
                     out.setdefault(row["image"], []).append(tuple(float(row[k]) for k in ("x0", "y0", "x1", "y1")))
                 except (KeyError, ValueError):
-                    raise UsageError(f"--boxes {path}: expected columns image,x0,y0,x1,y1") from None
+                    raise UsageError(f"{setting('boxes')} {path}: expected columns image,x0,y0,x1,y1") from None
     return {k: ("boxes", v) for k, v in out.items()}
 
 
@@ -130,81 +134,81 @@ def random_map(key: str, seed: int, shape: tuple[int, int]) -> torch.Tensor:
     return torch.rand(shape, generator=g)
 
 
-def _load_method(name: str, run: dict[str, Any]) -> methods.Method:
-    params = (run.get("methods") or {}).get(name, {}).get("params", {})
-    return methods.create(name, params)
+def evaluate(out: Path, opts: EvalOptions, overrides: RunConfig | None = None, given: frozenset[str] = frozenset(),
+             reporter=None) -> EvalSummary:
+    """Score every finished map of the run in OUT with every registered measure (``salcli.measures``).
 
+    The run's settings are read from run.json and resolved as ``explain`` resolves them (the same model as it
+    ran, methods and parameters, layer, references, chunk, seed), so maps recomputed for stability are the maps
+    the run wrote. ``overrides``/``given``: the model options given to this command."""
+    from .pipeline import SilentReporter
 
-def evaluate(out: Path, opts: EvalOptions, model_overrides: dict[str, Any], reporter) -> EvalSummary:
-    """Score every ok map of the run in OUT; write OUT/metrics.jsonl, OUT/evaluation.json and curve plots."""
-    from .pipeline import resolve_device
-
+    reporter = reporter or SilentReporter()
     run = outputs.read_run_json(out)
-    records = [r for r in outputs.read_manifest(out) if r.get("status") in ("ok", "skipped") and r.get("npy")]
+    sink = outputs.open_sink(out, run)
+    records = [r for r in outputs.read_manifest(out) if r.get("status") in ("ok", "skipped")]
     available = sorted({r["method"] for r in records})
     for name in opts.methods:
         if name not in available:
-            raise UsageError(f"-m {name}: the run in {out} has no maps for it; it has {', '.join(available) or 'none'}")
+            raise UsageError(f"{setting('methods')} {name}: the run in {out} has no maps for it; it has "
+                             f"{', '.join(available) or 'none'}")
     chosen = list(opts.methods) or available
     records = [r for r in records if r["method"] in chosen]
     if not records:
         raise UsageError(f"{out} has no finished maps to evaluate; run salcli explain first")
-    config = config_from_run(run, model_overrides)
-    pre, _, _ = models.resolve_preset(config)
-    device = resolve_device(opts.device)
-    model = models.load_model(config.model, config.weights, config.trust_checkpoint).module.to(device)
-    method_objs = {name: _load_method(name, run) for name in chosen}
-    layer = None
-    if any(m.needs_layer for m in method_objs.values()):
-        from . import layers
-
-        layer = layers.resolve_layer(model, run.get("layer"),
-                                     torch.zeros(1, pre.channels, pre.crop, pre.crop, device=device))
-    seed = int(run.get("seed", 0))
+    config = config_from_run(run, overrides, given)
+    config = dataclasses.replace(config, methods=tuple(chosen), device=opts.device, batch_size=opts.batch_size,
+                                 params={k: v for k, v in config.params.items() if k in chosen})
+    resolved = resolve(config, reporter, default_batch=opts.batch_size)
+    pre, engine, seed = resolved.preprocess, resolved.explainer, config.seed
     by_key: dict[str, dict[str, dict]] = {}
     for r in records:
         by_key.setdefault(r["image"], {})[r["method"]] = r
     keys = sorted(by_key)
     annotations = load_annotations(keys, opts.masks, opts.boxes) if (opts.masks or opts.boxes) else {}
-    tolerance = opts.tolerance if opts.tolerance is not None else 15.0 * pre.crop / 224.0
+    opts = dataclasses.replace(opts, tolerance=opts.tolerance if opts.tolerance is not None
+                               else 15.0 * pre.crop / 224.0)
+    chosen_measures = [m for m in measures.measures("evaluate") if m.name not in opts.skip]
     rows: list[dict[str, Any]] = []
     curves: dict[str, dict[str, list[torch.Tensor]]] = {}
     reporter.start(len(keys))
     for start in range(0, len(keys), opts.batch_size):
         batch_keys = keys[start:start + opts.batch_size]
         x, sizes, good = _load_inputs(batch_keys, by_key, pre, rows)
-        if not good:
-            reporter.advance(len(batch_keys))
-            continue
-        x = x.to(device)
-        first = [next(iter(by_key[k].values())) for k in good]
-        target = torch.tensor([int(r["target"]) for r in first], device=device)
-        maps = {RANDOM: torch.stack([random_map(k, seed, (pre.crop, pre.crop)) for k in good])}
-        for name in chosen:
-            present = [k for k in good if name in by_key[k]]
-            if len(present) == len(good):
-                maps[name] = torch.stack([torch.from_numpy(np.load(out / by_key[k][name]["npy"])) for k in good])
-        for name, sal in maps.items():
-            scores = _faithfulness(model, x, sal, target, opts.steps, good, seed, curves.setdefault(name, {}))
-            stab = (_stability(model, x, sal.to(device), target, method_objs[name], good, seed, layer, pre)
-                    if opts.stability and name != RANDOM else [{} for _ in good])
-            for i, key in enumerate(good):
-                row = {"image": key, "method": name, **scores[i], **stab[i]}
-                if key in annotations:
-                    mask = mask_at_input(annotations[key], sizes[i], pre)
-                    if mask.any():
-                        s = sal[i].numpy()
-                        row.update(pointing_game=float(metrics.pointing_hit(s, mask, tolerance)),
-                                   energy=metrics.energy_inside(s, mask), iou=metrics.top_k_iou(s, mask, opts.top_k))
-                rows.append(row)
+        if good:
+            masks = [mask_at_input(annotations[k], sizes[i], pre) if k in annotations else None
+                     for i, k in enumerate(good)]
+            rows += _score_batch(x.to(resolved.device), good, masks, by_key, chosen, sink, engine, seed, opts,
+                                 chosen_measures, curves)
         reporter.advance(len(batch_keys))
     reporter.finish()
-    summary = EvalSummary(rows=_summarize(rows, chosen), per_image=rows,
-                          skipped_unannotated=len([k for k in keys if k not in annotations]) if annotations or
-                          opts.masks or opts.boxes else 0,
-                          curves={m: {c: torch.stack(v).mean(0).tolist() for c, v in cs.items()}
-                                  for m, cs in curves.items()})
-    return summary
+    annotated = bool(annotations or opts.masks or opts.boxes)
+    return EvalSummary(rows=_summarize(rows, chosen), per_image=rows,
+                       skipped_unannotated=len([k for k in keys if k not in annotations]) if annotated else 0,
+                       curves={m: {c: torch.stack(v).mean(0).tolist() for c, v in cs.items()}
+                               for m, cs in curves.items()})
+
+
+def _score_batch(x, good, masks, by_key, chosen, sink, engine, seed, opts, chosen_measures, curves) -> list[dict]:
+    """Every measure on every method's maps (and the random map's) for one batch of images."""
+    target = torch.tensor([int(next(iter(by_key[k].values()))["target"]) for k in good], device=x.device)
+    maps = {RANDOM: torch.stack([random_map(k, seed, tuple(x.shape[-2:])) for k in good])}
+    for name in chosen:
+        if all(name in by_key[k] for k in good):
+            maps[name] = torch.stack([torch.from_numpy(sink.load_map(by_key[k][name])) for k in good])
+    rows = []
+    for name, sal in maps.items():
+        batch = measures.Batch(keys=good, x=x, maps=sal, target=target, seed=seed, engine=engine, method=name,
+                               masks=masks, options=opts, curves=curves.setdefault(name, {}))
+        values: dict[str, list] = {}
+        for measure in chosen_measures:
+            if "engine" in measure.needs and name == RANDOM:
+                continue
+            values.update(measure.measure(batch))
+        for i, key in enumerate(good):
+            rows.append({"image": key, "method": name,
+                         **{col: v[i] for col, v in values.items() if v[i] is not None}})
+    return rows
 
 
 def _load_inputs(keys: list[str], by_key: dict, pre: Preprocess, rows: list) -> tuple[torch.Tensor, list, list]:
@@ -224,66 +228,29 @@ def _load_inputs(keys: list[str], by_key: dict, pre: Preprocess, rows: list) -> 
     return (torch.stack(tensors) if tensors else torch.empty(0)), sizes, good
 
 
-def _faithfulness(model, x, sal, target, steps, keys, seed, curves) -> list[dict[str, float]]:
-    g = torch.Generator().manual_seed(image_seed(seed, "road:" + keys[0]))
-    found = {
-        "deletion": metrics.perturbation_curve(model, x, sal, target, "deletion", "zero", steps),
-        "deletion_road": metrics.perturbation_curve(model, x, sal, target, "deletion", "road", steps, generator=g),
-        "insertion": metrics.perturbation_curve(model, x, sal, target, "insertion", "blur", steps),
-    }
-    for name, curve in found.items():
-        curves.setdefault(name, []).extend(curve)
-    areas = {name: metrics.auc(curve) for name, curve in found.items()}
-    return [{f"{name}_auc": float(a[i]) for name, a in areas.items()} for i in range(len(keys))]
-
-
-def _stability(model, x, sal, target, method, keys, seed, layer, pre) -> list[dict[str, float]]:
-    """Rank correlation of the map with the maps of (a) x plus noise of 1% of its range and (b) x shifted one
-    pixel right (compared on the overlap); max-sensitivity = the largest relative change of the map."""
-    ctx = methods.Context(keys=keys, seed=seed, layer=layer, mean=pre.mean, std=pre.std)
-    spread = (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
-    noise = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(
-        image_seed(seed, "stability:" + k))) for k in keys]).to(x.device)
-    noisy = method.attribute(model, x + 0.01 * spread * noise, target, ctx).detach().float()
-    shifted = method.attribute(model, torch.roll(x, 1, dims=-1), target, ctx).detach().float()
-    out = []
-    for i in range(len(keys)):
-        base, a, b = sal[i].cpu().numpy(), noisy[i].cpu().numpy(), shifted[i].cpu().numpy()
-        rho = [metrics.spearman(base, a), metrics.spearman(base[:, :-1], b[:, 1:])]
-        norm = max(float(np.linalg.norm(base)), 1e-12)
-        sens = max(float(np.linalg.norm(a - base)), float(np.linalg.norm(b[:, 1:] - base[:, :-1]))) / norm
-        out.append({"stability": float(np.mean(rho)), "max_sensitivity": sens,
-                    "fragile": bool(np.mean(rho) < FRAGILE)})
-    return out
-
-
-METRIC_COLUMNS = ("pointing_game", "energy", "iou", "deletion_auc", "deletion_road_auc", "insertion_auc",
-                  "stability", "max_sensitivity")
-
-
 def _summarize(rows: list[dict[str, Any]], chosen: list[str]) -> list[dict[str, Any]]:
-    """Mean of each metric per method, the random baseline's means beside them, and whether each beats it."""
+    """Per method: each metric aggregated over images (mean, or a count), the random baseline beside them, and
+    whether each method beats it on the metrics that are compared with it."""
     table = []
     for name in [*chosen, RANDOM]:
         mine = [r for r in rows if r.get("method") == name]
         if not mine:
             continue
         row: dict[str, Any] = {"method": name, "images": len(mine)}
-        for col in METRIC_COLUMNS:
-            values = [r[col] for r in mine if col in r]
-            row[col] = float(np.mean(values)) if values else None
-        row["fragile"] = sum(bool(r.get("fragile")) for r in mine)
+        for metric in measures.metrics("evaluate"):
+            values = [r[metric.name] for r in mine if r.get(metric.name) is not None]
+            if metric.aggregate == "count":
+                row[metric.name] = sum(bool(v) for v in values)
+            else:
+                row[metric.name] = float(np.mean(values)) if values else None
         table.append(row)
     rand = next((r for r in table if r["method"] == RANDOM), None)
     if rand:
-        lower_is_better = {"deletion_auc", "deletion_road_auc"}
         for row in table:
             if row["method"] == RANDOM:
                 continue
-            row["beats_random"] = {
-                col: (row[col] < rand[col] if col in lower_is_better else row[col] > rand[col])
-                for col in ("pointing_game", "energy", "iou", "deletion_auc", "deletion_road_auc", "insertion_auc")
-                if row.get(col) is not None and rand.get(col) is not None}
+            row["beats_random"] = {m.name: m.beats(row[m.name], rand[m.name]) for m in measures.metrics("evaluate")
+                                   if m.vs_random and row.get(m.name) is not None and rand.get(m.name) is not None}
     return table
 
 
@@ -296,9 +263,7 @@ def write_results(out: Path, summary: EvalSummary) -> list[str]:
                                                  "skipped_unannotated": summary.skipped_unannotated,
                                                  "mean_curves": summary.curves})
     written = ["metrics.jsonl", "evaluation.json"]
-    titles = {"deletion": "Deletion (zero fill)", "deletion_road": "Deletion (ROAD noisy linear imputation)",
-              "insertion": "Insertion (from a blur)"}
-    for curve, title in titles.items():
+    for curve, title in measures.curve_titles().items():
         series = {m: cs[curve] for m, cs in summary.curves.items() if curve in cs}
         if series:
             png = render.line_plot(series, title, "fraction of pixels changed, most salient first",

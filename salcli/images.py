@@ -174,7 +174,8 @@ def normalize(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
     """uint8 (H, W, C) -> float32 (C, H, W), ``(x / 255 - mean) / std``: ``normalize_batch`` on one image."""
     import torch
 
-    return normalize_batch(torch.from_numpy(np.ascontiguousarray(pixels))[None], pre)[0].contiguous().numpy()
+    pixels = np.require(pixels, requirements=("C", "W"))  # torch wants writable memory (a decoded image is not)
+    return normalize_batch(torch.from_numpy(pixels)[None], pre)[0].contiguous().numpy()
 
 
 def normalize_batch(pixels, pre: Preprocess):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import UsageError, did_you_mean
+from .errors import UsageError, did_you_mean, setting
 
 MAX_PREFIX = 16  # most leading non-patch tokens (class, distillation, register tokens) a ViT layer may carry
 
@@ -93,8 +93,8 @@ def resolve_layer(model: nn.Module, name: str | None, example: torch.Tensor) -> 
         return _named(model, name, records)
     spec = _automatic(model, example, records)
     if spec is None:
-        raise UsageError("could not find a spatial layer for the layer methods automatically; pass --layer NAME."
-                         f"{_candidates_hint(records)}")
+        raise UsageError("could not find a spatial layer for the layer methods automatically; name one with "
+                         f"{setting('layer')}.{_candidates_hint(records)}")
     return spec
 
 
@@ -329,7 +329,7 @@ def capture(spec: LayerSpec, grad: bool = True):
     def hook(module, args, output):
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"layer '{spec.name}' returns {type(output).__name__}, not a tensor; "
-                            "pass --layer with a module that outputs a tensor")
+                            "choose a layer that outputs a tensor")
         if not grad:
             cap.output = output.detach()
             return None

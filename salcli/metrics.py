@@ -47,10 +47,11 @@ def top_k_iou(saliency: np.ndarray, mask: np.ndarray, k: float = 0.2) -> float:
 
 # ---------------------------------------------------------------------------------------------- faithfulness
 def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, noise: float = 0.01,
-                            iterations: int = 60, generator: torch.Generator | None = None) -> torch.Tensor:
+                            iterations: int = 60, generators: list[torch.Generator] | None = None) -> torch.Tensor:
     """ROAD's fill: removed pixels take the average of their neighbours (a discrete Laplace equation,
     solved here by Jacobi iterations), plus Gaussian noise of std ``noise``. x (B, C, H, W); removed (B, 1, H, W)
-    bool."""
+    bool. ``generators``: one per image, so an image's noise does not depend on the batch it is in (default:
+    torch's global generator)."""
     removed = removed.to(x.dtype)
     kernel = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]],
                           dtype=x.dtype, device=x.device)
@@ -62,20 +63,25 @@ def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, noise: float
         smooth = F.conv2d(F.pad(y, (1, 1, 1, 1)), kernel, groups=x.shape[1]) / weight
         y = x * (1 - removed) + smooth * removed
     if noise > 0:
-        eps = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+        if generators is None:
+            eps = torch.randn(x.shape)
+        else:
+            eps = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators])
+        eps = eps.to(x.device, x.dtype)
         y = y + noise * eps * removed
     return y
 
 
 def perturbation_curve(model, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor, mode: str,
                        fill: str, steps: int = 32, chunk: int = 64,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generators: list[torch.Generator] | None = None) -> torch.Tensor:
     """Probability of ``target`` as pixels are deleted (or inserted) in the order of the map, most salient
     first. x (B, C, H, W), saliency (B, H, W) -> curve (B, steps + 1), from 0% to 100% of the pixels.
 
     mode ``deletion``: start at x, replace pixels by the fill. mode ``insertion``: start at the fill, put back
     pixels of x. fill: ``zero`` (0 in normalized space), ``blur`` (kernel 11, σ 5) or ``road`` (noisy linear
-    imputation of the removed pixels, for deletion only).
+    imputation of the removed pixels, for deletion only; ``generators``, one per image, draw its noise).
+    ``model`` is any callable from inputs to logits.
     """
     b, c, h, w = x.shape
     order = torch.argsort(saliency.reshape(b, -1).to(x.device), dim=1, descending=True, stable=True)
@@ -97,7 +103,7 @@ def perturbation_curve(model, x: torch.Tensor, saliency: torch.Tensor, target: t
     for n in counts:
         changed = rank < n  # the n most salient pixels
         if mode == "deletion":
-            inputs.append(noisy_linear_imputation(x, changed, generator=generator) if other is None
+            inputs.append(noisy_linear_imputation(x, changed, generators=generators) if other is None
                           else torch.where(changed, other, x))
         elif mode == "insertion":
             inputs.append(torch.where(changed, x, other))

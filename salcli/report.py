@@ -2,9 +2,11 @@
 
 Reads OUT/run.json and OUT/manifest.jsonl (and, when present, OUT/evaluation.json, OUT/metrics.jsonl and
 OUT/plots/*.png) and returns one HTML page: the run's settings, the failed images, the evaluation table and
-plots, then one row per image with its prediction and one overlay per method. Overlays are linked by relative,
-URL-quoted paths, so the report keeps working when OUT is copied elsewhere. Work is linear in the manifest:
-one dict lookup and one ``stat`` per (image, method); images load lazily in the browser.
+plots, then one row per image with its prediction and one overlay per method. Overlays are found by the run's
+sink (``outputs.open_sink``: run.json's ``format``), never by reading manifest paths here, and linked by
+relative, URL-quoted paths, so the report keeps working when OUT is copied elsewhere. Work is linear in the
+manifest: one dict lookup and one ``overlay_link`` (a ``stat`` for ``files``) per (image, method); images load
+lazily in the browser.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def build_report(out: Path, report_dir: Path | None = None) -> str:
     Raises UsageError (via outputs.read_run_json) when OUT holds no run.json.
     """
     run = outputs.read_run_json(out)
+    sink = outputs.open_sink(out, run)
     records = outputs.read_manifest(out)
     prefix = _link_prefix(out, report_dir)
     images = _by_image(records)
@@ -57,7 +60,7 @@ def build_report(out: Path, report_dir: Path | None = None) -> str:
              _header(run, len(images), methods),
              _failures(images),
              _evaluation(evaluation, plots, prefix),
-             _gallery(out, images, methods, metrics, eval_errors, prefix),
+             _gallery(sink, images, methods, metrics, eval_errors, prefix),
              "</body></html>\n"]
     return "\n".join(p for p in parts if p)
 
@@ -222,7 +225,7 @@ def _eval_cell(row: dict, col: str) -> str:
     return f"<td>{escape(_fmt(row.get(col)))}{mark}</td>"
 
 
-def _gallery(out: Path, images: dict[str, dict[str, dict]], methods: list[str], metrics: dict,
+def _gallery(sink: outputs.sinks.Sink, images: dict[str, dict[str, dict]], methods: list[str], metrics: dict,
              eval_errors: dict[str, list[str]], prefix: str) -> str:
     show_random = any(m == RANDOM for _, m in metrics)
     head = "".join(f"<th>{escape(m)}</th>" for m in ["image", "prediction", "target", *methods])
@@ -235,7 +238,7 @@ def _gallery(out: Path, images: dict[str, dict[str, dict]], methods: list[str], 
         notes = "".join(f"<div class=\"err\">evaluate: {escape(e)}</div>" for e in eval_errors.get(key, []))
         cells = [f"<td><code>{escape(key)}</code>{notes}</td>", f"<td>{escape(pred)}</td>",
                  f"<td>{escape(_label(facts, 'target', 'target_label'))}</td>"]
-        cells += [_cell(out, recs.get(m), metrics.get((key, m)), prefix) for m in methods]
+        cells += [_cell(sink, recs.get(m), metrics.get((key, m)), prefix) for m in methods]
         if show_random:
             cells.append(f"<td>{_metric_list(metrics.get((key, RANDOM)) or {}, {})}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -243,24 +246,26 @@ def _gallery(out: Path, images: dict[str, dict[str, dict]], methods: list[str], 
             f"<tbody>\n" + "\n".join(rows) + "\n</tbody></table>")
 
 
-def _cell(out: Path, rec: dict | None, metric_row: dict | None, prefix: str) -> str:
+def _cell(sink: outputs.sinks.Sink, rec: dict | None, metric_row: dict | None, prefix: str) -> str:
     if rec is None:
         return "<td class=\"muted\">not run</td>"
     if rec.get("status") == "error":
         return f"<td class=\"err\">{escape(str(rec.get('error')))}</td>"
-    rel = rec.get("overlay")
-    if not _inside(rel) or not (out / rel).is_file():
-        body = f"<span class=\"err\">overlay missing: {escape(str(rel))}</span>"
-    else:
+    rel = sink.overlay_link(rec)
+    if _inside(rel):  # the sink's answer, still never a link outside OUT
         src = _href(prefix, rel)
         body = (f"<a href=\"{src}\"><img class=\"ov\" loading=\"lazy\" decoding=\"async\" src=\"{src}\" "
                 f"alt=\"{escape(rel)}\"></a>")
+    elif rec.get("overlay") is None:  # written without an overlay (a sink's choice): nothing is missing
+        body = "<span class=\"muted\">no overlay</span>"
+    else:
+        body = f"<span class=\"err\">overlay missing: {escape(str(rec.get('overlay')))}</span>"
     extras = {k: v for k, v in rec.items() if k not in BASE_FIELDS}
     return f"<td>{body}{_metric_list(metric_row or {}, extras)}</td>"
 
 
 def _inside(rel: Any) -> bool:
-    """A manifest path that stays inside OUT (the manifest is data; never link outside)."""
+    """A path that stays inside OUT (a link from the manifest's data; never link outside)."""
     if not isinstance(rel, str) or not rel:
         return False
     p = PurePosixPath(rel)

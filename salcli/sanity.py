@@ -1,6 +1,7 @@
 """`salcli sanity`: the model-parameter randomization test of Adebayo et al. 2018, "Sanity Checks for Saliency
-Maps", cascading from the top layer down. Orchestration only: the similarity measures live in ``metrics.py``,
-files are written by ``outputs.py``. Never imports typer.
+Maps", cascading from the top layer down. Orchestration only: the similarity measures are
+``measures/randomization.py`` (over ``metrics.py``), the maps come from the engine (``resolve`` builds it as for
+``explain``), files are written by ``outputs``. Never imports typer.
 
 A copy of the model has its layers re-initialized one after another, from the logits to the first layer,
 cumulatively; at each cascade point every method's maps are recomputed (same images, same targets: the
@@ -39,10 +40,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import images, methods, metrics, models, outputs
+from . import images, outputs
 from .config import RunConfig
-from .errors import ModelLoadError, UsageError
+from .engine import Explainer
+from .errors import UsageError, setting
 from .methods.base import image_seed
+from .resolve import resolve
 
 DEFAULT_METHODS = ("vanilla", "gradcam", "guided-backprop", "integrated-gradients")
 THRESHOLD = 0.5  # a method passes when its mean Spearman at full randomization is below this
@@ -56,11 +59,11 @@ class SanityOptions:
 
     def __post_init__(self) -> None:
         if self.limit < 1:
-            raise UsageError("--limit must be at least 1")
+            raise UsageError(f"{setting('limit')} must be at least 1")
         if self.max_steps < 2:
-            raise UsageError("--max-steps must be at least 2 (the first layer and the full randomization)")
+            raise UsageError(f"{setting('max_steps')} must be at least 2 (the first layer and the full randomization)")
         if not -1.0 <= self.threshold <= 1.0:
-            raise UsageError("--threshold is a Spearman rank correlation, between -1 and 1")
+            raise UsageError(f"{setting('threshold')} is a Spearman rank correlation, between -1 and 1")
 
 
 @dataclass
@@ -133,78 +136,71 @@ def cascade_points(n: int, max_steps: int) -> list[int]:
 
 def compare(original: np.ndarray, randomized: np.ndarray) -> tuple[float, float]:
     """(Spearman, SSIM) of two (H, W) maps, on absolute values (a no-op for non-negative maps)."""
-    a, b = np.abs(original), np.abs(randomized)
-    return metrics.spearman(a, b), metrics.ssim(a, b)
+    from .measures.randomization import Randomization
+
+    return Randomization.compare(original, randomized)
 
 
 # ---------------------------------------------------------------------------------------------- the test
-def randomization_test(model: nn.Module, x: torch.Tensor, keys: list[str], chosen: list[methods.Method], *,
-                       layer: str | None = None, seed: int = 0, max_steps: int = 12,
-                       threshold: float = THRESHOLD, batch_size: int = 16, chunk: int = 32,
-                       mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
-                       references: dict[str, torch.Tensor] | None = None, reporter=None) -> SanityResult:
-    """Cascading model-parameter randomization of ``model`` for preprocessed images x (B, C, H, W).
+def randomization_test(engine: Explainer, x: torch.Tensor, keys: list[str], *, max_steps: int = 12,
+                       threshold: float = THRESHOLD, batch_size: int = 16, reporter=None) -> SanityResult:
+    """Cascading model-parameter randomization of ``engine.model`` for normalized images x (B, C, H, W).
 
-    ``model`` is never changed: the cascade runs on a deep copy. Targets are the original model's top-1
-    classes, fixed for every randomized model. Layer methods use the layer ``layer`` (default: found
-    automatically) resolved on the original model, looked up by name in the copy.
+    The model is never changed: the cascade runs on a deep copy, and each cascade point's maps come from
+    ``engine.with_model(copy)``: the same methods, parameters, references, chunk, precision, fast paths and
+    seed, and the layer resolved on the original model. Targets are the original model's top-1 classes, fixed
+    for every randomized model. Layers are re-initialized with draws seeded by (``engine.seed``, layer name).
     """
-    from . import layers
     from .pipeline import SilentReporter
 
     reporter = reporter or SilentReporter()
+    model, seed = engine.model, engine.seed
     example = torch.zeros(1, *x.shape[1:], device=x.device)
-    spec = layers.resolve_layer(model, layer, example) if any(m.needs_layer for m in chosen) else None
-    with torch.no_grad():
-        target = torch.cat([model(x[s:s + batch_size]).argmax(1) for s in range(0, x.shape[0], batch_size)])
+    target = torch.cat([engine.forward(x[s:s + batch_size]).argmax(1) for s in range(0, x.shape[0], batch_size)])
     work = copy.deepcopy(model)
     cascade = parametrized_layers(work, example)[::-1]  # the logits first
     if not cascade:
         raise UsageError("the model has no layer with parameters that runs in its forward pass: there is "
                          "nothing to randomize")
     points = cascade_points(len(cascade), max_steps)
-    work_spec = dataclasses.replace(spec, module=work.get_submodule(spec.name)) if spec is not None else None
     by_name = dict(work.named_modules())
-    ctx = {"seed": seed, "chunk": chunk, "mean": mean, "std": std, "references": references or {}}
 
     reporter.start(len(points) + 1)
-    original = _all_maps(model, spec, chosen, x, target, keys, batch_size, ctx)
+    original = _all_maps(engine, x, target, keys, batch_size)
     # A constant original map (a Grad-CAM map that the ReLU zeroed) has no rank order to keep or lose: it is
     # left out of that method's means, and counted.
     measured = {name: [i for i in range(len(keys)) if np.ptp(np.abs(maps0[i])) > 0]
                 for name, maps0 in original.items()}
-    measures: dict[str, list[list[tuple[float, float]]]] = {m.name: [] for m in chosen}
+    found: dict[str, list[list[tuple[float, float]]]] = {m.name: [] for m in engine.methods}
     current, done = original, 0
     for k in [0, *points]:
         for name in cascade[done:k]:
             randomize_(by_name[name], name, seed)
         if k:
-            current = _all_maps(work, work_spec, chosen, x, target, keys, batch_size, ctx)
+            current = _all_maps(engine.with_model(work), x, target, keys, batch_size)
         done = k
         for name, maps0 in original.items():
-            measures[name].append([compare(maps0[i], current[name][i]) for i in measured[name]])
+            found[name].append([compare(maps0[i], current[name][i]) for i in measured[name]])
         reporter.advance(1)
     reporter.finish()
-    rows = [_summary(m.name, measures[m.name], [0, *points], cascade, len(measured[m.name]), len(keys), threshold)
-            for m in chosen]
+    rows = [_summary(m.name, found[m.name], [0, *points], cascade, len(measured[m.name]), len(keys), threshold)
+            for m in engine.methods]
+    layer = engine.layer.name if engine.layer is not None else None
     return SanityResult(rows=rows, cascade=cascade, depths=[0, *points], images=list(keys), threshold=threshold,
-                        seed=seed, settings={"layer": spec.name if spec is not None else None})
+                        seed=seed, settings={"layer": layer})
 
 
-def _all_maps(net: nn.Module, spec, chosen: list[methods.Method], x: torch.Tensor, target: torch.Tensor,
-              keys: list[str], batch_size: int, ctx: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Every method's maps (N, H, W) for x, ``batch_size`` images at a time."""
-    found = {}
-    for m in chosen:
-        parts = []
-        for s in range(0, x.shape[0], batch_size):
-            context = methods.Context(keys=keys[s:s + batch_size], seed=ctx["seed"], layer=spec,
-                                      chunk=ctx["chunk"], mean=ctx["mean"], std=ctx["std"],
-                                      references=ctx["references"].get(m.name))
-            parts.append(m.attribute(net, x[s:s + batch_size], target[s:s + batch_size], context)
-                         .detach().float().cpu().numpy())
-        found[m.name] = np.concatenate(parts)
-    return found
+def _all_maps(engine: Explainer, x: torch.Tensor, target: torch.Tensor, keys: list[str],
+              batch_size: int) -> dict[str, np.ndarray]:
+    """Every method's maps (N, H, W) for x, ``batch_size`` images at a time; a method that fails raises."""
+    parts: dict[str, list[np.ndarray]] = {m.name: [] for m in engine.methods}
+    for s in range(0, x.shape[0], batch_size):
+        result = engine(x[s:s + batch_size], keys[s:s + batch_size], target[s:s + batch_size])
+        for m in engine.methods:
+            if m.name in result.failures:
+                raise result.failures[m.name]
+            parts[m.name].append(result.maps[m.name].numpy())
+    return {name: np.concatenate(p) for name, p in parts.items()}
 
 
 def _summary(name: str, points: list[list[tuple[float, float]]], depths: list[int], cascade: list[str],
@@ -227,26 +223,13 @@ def _summary(name: str, points: list[list[tuple[float, float]]], depths: list[in
 
 # ---------------------------------------------------------------------------------------------- the command
 def run(config: RunConfig, opts: SanityOptions, reporter=None) -> SanityResult:
-    """Load the model and images as ``explain`` does, then run the randomization test."""
-    from .pipeline import _references, resolve_device
-
-    chosen = [methods.create(name, config.params.get(name)) for name in config.methods]
-    for name in config.params:
-        methods.get(name)  # an unknown method in -p is a usage error, even if not selected
-    items = images.discover(list(config.inputs), exclude=config.out)[:opts.limit]  # never read OUT's own files
-    pre, _, note = models.resolve_preset(config)
-    if note and reporter is not None:
-        reporter.note(note)
-    device = resolve_device(config.device)
-    loaded = models.load_model(config.model, config.weights, config.trust_checkpoint)
-    if loaded.scripted:
+    """Resolve the model and methods as ``explain`` does, read the first images, run the randomization test."""
+    resolved = resolve(config, reporter, default_batch=16)
+    if resolved.model.scripted:
         raise UsageError("salcli sanity re-initializes the model's layers one by one, which a TorchScript "
                          "archive does not allow; load the model from a factory or a state dict")
-    try:
-        model = loaded.module.to(device)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"could not move the model to {device}: {exc}") from exc
-    models.count_outputs(model, pre, device)  # a model that does not fit the input is a model error
+    items = images.discover(list(config.inputs), exclude=config.out)[:opts.limit]  # never read OUT's own files
+    pre = resolved.preprocess
     tensors, keys = [], []
     for item in items:
         try:
@@ -257,17 +240,13 @@ def run(config: RunConfig, opts: SanityOptions, reporter=None) -> SanityResult:
                 reporter.note(f"skipped {item.key}: {exc}")
     if not tensors:
         raise UsageError("none of the input images could be read")
-    references = {m.name: _references(m.params.references, pre, device)
-                  for m in chosen if getattr(m.params, "references", "")}
-    batch_size = config.batch_size if isinstance(config.batch_size, int) else 16
-    chunk = config.chunk if isinstance(config.chunk, int) else max(batch_size, 32)
-    result = randomization_test(model, torch.stack(tensors).to(device), keys, chosen, layer=config.layer,
-                                seed=config.seed, max_steps=opts.max_steps, threshold=opts.threshold,
-                                batch_size=batch_size, chunk=chunk, mean=pre.mean, std=pre.std,
-                                references=references, reporter=reporter)
-    result.settings = {"model": config.model, "weights": config.weights, "checksums": loaded.checksums,
-                       "preprocess": dataclasses.asdict(pre), "device": str(device),
-                       "params": {m.name: dataclasses.asdict(m.params) for m in chosen}, **result.settings}
+    result = randomization_test(resolved.explainer, torch.stack(tensors).to(resolved.device), keys,
+                                max_steps=opts.max_steps, threshold=opts.threshold,
+                                batch_size=resolved.batch_size, reporter=reporter)
+    result.settings = {"model": config.model, "weights": config.weights, "checksums": resolved.model.checksums,
+                       "preprocess": dataclasses.asdict(pre), "device": str(resolved.device),
+                       "params": {m.name: dataclasses.asdict(m.params) for m in resolved.methods},
+                       **result.settings}
     return result
 
 

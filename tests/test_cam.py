@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from helpers import assert_no_hooks, pearson, seeded, seeded_resnet18
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -33,17 +34,6 @@ REFERENCES = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "xgradcam": XGra
 CAM_METHODS = [*REFERENCES, "guided-gradcam"]
 
 
-def pearson(a, b) -> float:
-    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
-    assert a.std() > 0 and b.std() > 0, "a constant map compares with nothing"
-    return float(np.corrcoef(a, b)[0, 1])
-
-
-def resnet18() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torchvision.models.resnet18().eval()
-
-
 def small_vit() -> torch.nn.Module:
     torch.manual_seed(0)
     vit = torchvision.models.VisionTransformer(image_size=64, patch_size=16, num_layers=2, num_heads=2,
@@ -59,7 +49,7 @@ def vit_tokens_to_map(t: torch.Tensor) -> torch.Tensor:  # pytorch-grad-cam's re
 
 @pytest.fixture(scope="module")
 def models():
-    return {"resnet18": (resnet18(), "layer4", None), "vit": (small_vit(), None, vit_tokens_to_map)}
+    return {"resnet18": (seeded_resnet18(), "layer4", None), "vit": (small_vit(), None, vit_tokens_to_map)}
 
 
 def theirs(cls, model, layer, x, target, reshape=None) -> np.ndarray:
@@ -124,8 +114,7 @@ def test_guided_gradcam_is_gradcam_times_guided_backprop(models):
     ("vit_b_16", 224, "encoder.layers.encoder_layer_11.ln_1", "tokens"),
 ])
 def test_the_automatic_layer_is_the_one_the_cam_literature_uses(arch, size, expected, kind):
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)().eval()
+    model = seeded(arch)
     spec = resolve_layer(model, None, torch.randn(1, 3, size, size))
     assert (spec.name, spec.kind) == (expected, kind)
     assert spec.module is model.get_submodule(expected)
@@ -202,18 +191,18 @@ def test_capture_keeps_the_layer_output_despite_in_place_ops_after_it(models):
     finally:
         handle.remove()
     assert torch.equal(cap.output.detach(), seen[-1]) and (seen[-1] < 0).any()
-    assert grad.shape == cap.output.shape and not bn2._forward_hooks
+    assert grad.shape == cap.output.shape
+    assert_no_hooks(bn2)
 
 
 @pytest.mark.parametrize("name", CAM_METHODS)
 def test_the_model_keeps_no_trace(name):
-    model = resnet18().train()  # BatchNorm statistics would move in a stray train-mode forward pass
+    model = seeded_resnet18().train()  # BatchNorm statistics would move in a stray train-mode forward pass
     state = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(2, 3, 64, 64)
     salcli.explain(model, x, 1, method=name, **({"channels": 8} if name == "scorecam" else {}))
     assert model.training and all(p.grad is None for p in model.parameters())
-    assert all(not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
-               for m in model.modules())
+    assert_no_hooks(model)
     assert all(torch.equal(p, state[k]) for k, p in model.named_parameters())
     model.load_state_dict(state)  # the method's own train-mode forward moved the BatchNorm statistics
     rng = torch.get_rng_state()

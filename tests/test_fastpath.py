@@ -10,28 +10,16 @@ import pytest
 import torch
 import torchvision
 from conftest import SAMPLES, TINY_OPTS, manifest
+from helpers import seeded_resnet18, torchvision_weights, trained_like
 from torch import nn
 
 import salcli
 from salcli import fastpath
 
 
-def trained_like(model: nn.Module) -> nn.Module:
-    """Random but non-trivial BatchNorm statistics and affine parameters, as a trained model has."""
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def resnet():
-    torch.manual_seed(0)
-    return trained_like(torchvision.models.resnet18())
+    return seeded_resnet18(trained=True)
 
 
 def test_folding_resnet18_keeps_logits_and_input_gradients(resnet):
@@ -83,7 +71,7 @@ PIXEL_BAR = {"vanilla": 1e-5, "input-x-gradient": 1e-5, "guided-backprop": 1e-3}
 L2_BAR = 5e-3
 
 
-@pytest.mark.parametrize("model, inputs", [("resnet18", SAMPLES / "photos"),
+@pytest.mark.parametrize("model, inputs", [pytest.param("resnet18", SAMPLES / "photos", marks=pytest.mark.slow),
                                            ("builtin", SAMPLES / "fashion-mnist" / "Coat")])
 def test_optimized_run_equals_plain_run(cli, tmp_path, model, inputs):
     """--optimize (folding + channels_last) against --no-optimize, through the CLI: on resnet18 as initialized
@@ -97,10 +85,7 @@ def test_optimized_run_equals_plain_run(cli, tmp_path, model, inputs):
     common = ["-p", "integrated-gradients.steps=16", "-p", "smoothgrad.samples=8",
               *[a for m in chosen for a in ("-m", m)]]
     if model == "resnet18":
-        torch.manual_seed(0)
-        torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
-        common += ["--model", "torchvision:resnet18", "--weights", tmp_path / "r18.pth", "--resize", "64",
-                   "--crop", "64"]
+        common += [*torchvision_weights(tmp_path, "resnet18"), "--resize", "64", "--crop", "64"]
     cli("explain", inputs, "-o", tmp_path / "fast", *common)
     cli("explain", inputs, "-o", tmp_path / "plain", "--no-optimize", *common)
     applied = json.loads((tmp_path / "fast" / "run.json").read_text())["optimizations"]
@@ -178,7 +163,9 @@ def test_other_errors_are_not_taken_for_out_of_memory():
 
 def test_automatic_sizes_follow_the_device_and_the_input_size():
     from salcli.config import Preprocess
-    from salcli.pipeline import auto_batch, auto_chunk, auto_workers
+    from salcli.engine import auto_chunk
+    from salcli.pipeline import auto_workers
+    from salcli.resolve import auto_batch
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     photo, small = Preprocess(), Preprocess(resize=28, crop=28, channels=1, mean=(0.0,), std=(1.0,))

@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-import torchvision
 from captum.attr import Saliency
 from conftest import SAMPLES, TINY_OPTS, manifest
+from helpers import assert_no_hooks, seeded_resnet18, torchvision_weights
 
 import salcli
 from salcli import images, methods
@@ -31,13 +31,10 @@ def test_vanilla_equals_captum_saliency_on_a_tiny_cnn(tiny_model):
 
 
 def test_vanilla_equals_captum_on_resnet18_loaded_through_weights(cli, tmp_path):
-    torch.manual_seed(0)
-    net = torchvision.models.resnet18().eval()
-    torch.save(net.state_dict(), tmp_path / "r18.pth")
+    net = seeded_resnet18()
     photos = SAMPLES / "photos"
     out = tmp_path / "o"
-    cli("explain", photos, "-o", out, "--model", "torchvision:resnet18", "--weights", tmp_path / "r18.pth",
-        "--resize", "64", "--crop", "64")
+    cli("explain", photos, "-o", out, *torchvision_weights(tmp_path, "resnet18", net), "--resize", "64", "--crop", "64")
     pre = Preprocess(resize=64, crop=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     for rec in manifest(out):
         x = torch.from_numpy(images.normalize(images.prepare(images.decode(photos / rec["image"]), pre), pre))[None]
@@ -70,8 +67,7 @@ def test_every_method_keeps_the_callers_model_untouched(name, tiny_model):
     assert model.training
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
-    assert all(not m._forward_hooks and not m._backward_hooks and not m._forward_pre_hooks
-               and not getattr(m, "_backward_pre_hooks", {}) for m in model.modules())
+    assert_no_hooks(model)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k])
 

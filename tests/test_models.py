@@ -9,6 +9,7 @@ import pytest
 import torch
 import torchvision
 from conftest import FIXTURES, TINY, TINY_OPTS, manifest
+from helpers import torchvision_weights
 from safetensors.torch import save_file
 
 from salcli.errors import ModelLoadError
@@ -126,7 +127,7 @@ def test_pickled_weights_are_never_unpickled_without_trust(tmp_path):
             return (print, ("pwned",))
 
     torch.save({"state_dict": {"w": torch.zeros(1)}, "x": Evil()}, tmp_path / "evil.pt")
-    with pytest.raises(ModelLoadError, match="trust-checkpoint"):
+    with pytest.raises(ModelLoadError, match="trust.checkpoint"):
         read_state_dict(tmp_path / "evil.pt")
 
 
@@ -169,11 +170,9 @@ def test_weights_default_without_network_is_a_clear_error(cli, images_dir, tmp_p
 def test_torchvision_preset_from_weight_metadata(cli, tmp_path):
     from conftest import SAMPLES
 
-    sd = torchvision.models.resnet18().state_dict()
-    torch.save(sd, tmp_path / "r18.pth")
     out = tmp_path / "o"
-    cli("explain", SAMPLES / "photos" / "chelsea.jpg", "-o", out, "--model", "torchvision:resnet18", "--weights",
-        tmp_path / "r18.pth", "--resize", "64", "--crop", "64")
+    cli("explain", SAMPLES / "photos" / "chelsea.jpg", "-o", out, *torchvision_weights(tmp_path, "resnet18"),
+        "--resize", "64", "--crop", "64")
     run = json.loads((out / "run.json").read_text())
     assert run["preprocess"]["mean"] == [0.485, 0.456, 0.406] and run["preprocess"]["crop"] == 64
     assert len(run["labels"]) == 1000 and manifest(out)[0]["pred_label"] in run["labels"]

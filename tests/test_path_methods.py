@@ -7,10 +7,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
-import torchvision
 from captum.attr import (Deconvolution, GradientShap, GuidedBackprop, InputXGradient, IntegratedGradients,
                          NoiseTunnel, Saliency)
 from conftest import TINY_OPTS, manifest, write_images
+from helpers import pearson, seeded_resnet18
 from torch import nn
 
 import salcli
@@ -22,18 +22,13 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 @pytest.fixture(scope="module")
 def resnet():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18().eval()
+    return seeded_resnet18()
 
 
 @pytest.fixture
 def batch():
     torch.manual_seed(1)
     return torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 3])
-
-
-def corr(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(np.corrcoef(a.flatten().numpy(), b.flatten().numpy())[0, 1])
 
 
 @pytest.mark.parametrize("name, reference, reduce", [
@@ -108,13 +103,19 @@ def test_integrated_gradients_completeness_at_64_steps(tiny_model, batch):
     assert (gap < 0.01).all(), gap
 
 
-def test_tolerance_driven_ig_meets_its_tolerance():
+@pytest.fixture
+def fashion_batch():
+    """The builtin model (trained, strongly non-linear), three noisy 28 px inputs and its predicted classes."""
     from salcli.models import load_model
 
-    model = load_model("builtin:fashion-mnist").module  # a trained, strongly non-linear model
+    model = load_model("builtin:fashion-mnist").module
     torch.manual_seed(3)
     x = torch.randn(3, 1, 28, 28) * 1.5
-    target = model(x).argmax(1)
+    return model, x, model(x).argmax(1)
+
+
+def test_tolerance_driven_ig_meets_its_tolerance(fashion_batch):
+    model, x, target = fashion_batch
     ctx = methods.Context(keys=["a", "b", "c"])
     loose = methods.create("integrated-gradients", {"steps": 4, "baseline": "zero"})
     _, before = loose.attribute_with_extras(model, x, target, ctx)
@@ -125,13 +126,9 @@ def test_tolerance_driven_ig_meets_its_tolerance():
     assert min(after["ig_steps"]) > 4 and max(after["ig_steps"]) <= 1024
 
 
-def test_adaptive_ig_meets_its_tolerance_and_converges_to_the_integral():
-    from salcli.models import load_model
-
-    model = load_model("builtin:fashion-mnist").module
-    torch.manual_seed(3)
-    x = torch.randn(3, 1, 28, 28) * 1.5
-    target = model(x).argmax(1)
+@pytest.mark.slow  # the reference: Captum's integral at 512 points
+def test_adaptive_ig_meets_its_tolerance_and_converges_to_the_integral(fashion_batch):
+    model, x, target = fashion_batch
     ctx = methods.Context(keys=["a", "b", "c"])
     m = methods.create("integrated-gradients", {"rule": "adaptive", "baseline": "zero", "tolerance": 0.002})
     ours, extras = m.attribute_with_extras(model, x, target, ctx)
@@ -188,7 +185,7 @@ def test_smoothgrad_agrees_with_captum_noise_tunnel_in_expectation(variant, nt_t
     ours = salcli.explain(tiny_model.eval(), x, target, method="smoothgrad", **params)
     ref = NoiseTunnel(Saliency(tiny_model)).attribute(x, nt_type=nt_type, nt_samples=2000, stdevs=sigma,
                                                       target=target, abs=absolute, nt_samples_batch_size=500)
-    assert corr(ours, ref.amax(1)) > 0.98
+    assert pearson(ours, ref.amax(1)) > 0.98
 
 
 def test_gradient_shap_agrees_with_captum_in_expectation(tiny_model):
@@ -201,7 +198,7 @@ def test_gradient_shap_agrees_with_captum_in_expectation(tiny_model):
     m = methods.create("gradient-shap", {"samples": 4000})
     ours = m.attribute(tiny_model.eval(), x, target, ctx)
     ref = GradientShap(tiny_model).attribute(x, baselines=refs, n_samples=4000, target=target).sum(1)
-    assert corr(ours, ref) > 0.95
+    assert pearson(ours, ref) > 0.95
 
 
 def test_gradient_shap_is_complete_in_expectation(tiny_model):
@@ -241,6 +238,10 @@ def test_gradient_shap_references_folder_through_the_cli(cli, images_dir, tmp_pa
     a = np.load(out / "gradient-shap" / "img00.png.npy")
     b = np.load(tmp_path / "noise" / "gradient-shap" / "img00.png.npy")
     assert a.shape == (16, 16) and not np.allclose(a, b)
+    assert "no such folder" in cli("explain", images_dir, "-o", tmp_path / "x", *TINY_OPTS, "-m",
+                                   "gradient-shap", "-p", f"gradient-shap.references={tmp_path / 'none'}",
+                                   expect=2).stderr
+    (tmp_path / "empty").mkdir()
     assert "no readable images" in cli("explain", images_dir, "-o", tmp_path / "x", *TINY_OPTS, "-m",
-                                       "gradient-shap", "-p", f"gradient-shap.references={tmp_path / 'none'}",
+                                       "gradient-shap", "-p", f"gradient-shap.references={tmp_path / 'empty'}",
                                        expect=2).stderr

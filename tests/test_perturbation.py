@@ -13,6 +13,7 @@ from captum._utils.models.model import Model
 from captum.attr import KernelShap as CaptumKernelShap
 from captum.attr import Lime as CaptumLime
 from captum.attr import Occlusion as CaptumOcclusion
+from helpers import pearson
 from torch import nn
 
 import salcli
@@ -45,10 +46,6 @@ def run(name, model, x, target, keys=KEYS, seed=0, chunk=64, **params):
 def segment_values(maps, seg, m):
     """(B, H, W) maps constant on segments -> (B, M) float64, the value of each segment."""
     return torch.stack([maps[:, seg == k].mean(1) for k in range(m)], dim=1).double()
-
-
-def pearson(a, b):
-    return torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1].item()
 
 
 @pytest.mark.parametrize("window,stride,fill", [

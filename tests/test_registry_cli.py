@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-import torchvision
 from conftest import SAMPLES, manifest
+from helpers import torchvision_weights
 
 from salcli.methods import names
 
@@ -21,6 +20,7 @@ CHEAP = {
 NEEDS_RELU = {"guided-backprop", "deconvnet", "guided-gradcam"}
 # model -> (input size, whether its activations are ReLUs)
 MODELS = {"resnet18": (64, True), "efficientnet_b0": (64, False), "vit_b_16": (224, False), "swin_t": (64, False)}
+SLOW = {"vit_b_16", "swin_t"}  # about 20 s and 2.5 s on two CPU cores; the other two take under 1.5 s
 
 
 def method_args() -> list[str]:
@@ -53,13 +53,10 @@ def test_every_method_on_the_builtin_model(cli, tmp_path):
     assert check_one == set(names())
 
 
-@pytest.mark.parametrize("arch", MODELS)
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in SLOW else a for a in MODELS])
 def test_every_method_on_torchvision_models(arch, cli, tmp_path):
     size, relu = MODELS[arch]
-    torch.manual_seed(0)
-    torch.save(getattr(torchvision.models, arch)().state_dict(), tmp_path / "w.pth")
     out = tmp_path / "o"
-    cli("explain", SAMPLES / "photos" / "chelsea.jpg", "-o", out, "--model", f"torchvision:{arch}", "--weights",
-        tmp_path / "w.pth", "--resize", str(size), "--crop", str(size), *method_args(),
-        expect=0 if relu else 1)
+    cli("explain", SAMPLES / "photos" / "chelsea.jpg", "-o", out, *torchvision_weights(tmp_path, arch),
+        "--resize", str(size), "--crop", str(size), *method_args(), expect=0 if relu else 1)
     check(out, relu, size)

@@ -13,8 +13,9 @@ import torch
 from conftest import ROOT, SAMPLES, TINY_OPTS
 from torch import nn
 
-from salcli import images, methods, models, sanity
+from salcli import images, models, sanity
 from salcli.config import build_config
+from salcli.engine import Explainer
 
 FASHION = SAMPLES / "fashion-mnist"
 # The first test image of six classes, so the measures do not rest on one kind of object.
@@ -25,8 +26,7 @@ SIX = [sorted((FASHION / c).iterdir())[0] for c in ("Ankle boot", "Bag", "Coat",
 def test_cascade_is_forward_order_reversed_and_last_layer_first(tiny_model):
     x = torch.zeros(1, 3, 16, 16)
     assert sanity.parametrized_layers(tiny_model, x) == ["features.0", "features.2", "features.5", "fc"]
-    result = sanity.randomization_test(tiny_model, torch.randn(2, 3, 16, 16), ["a", "b"],
-                                       [methods.create("vanilla")])
+    result = sanity.randomization_test(Explainer(tiny_model, ["vanilla"]), torch.randn(2, 3, 16, 16), ["a", "b"])
     assert result.cascade == ["fc", "features.5", "features.2", "features.0"]
     curve = result.rows[0]["curve"]
     assert [c["depth"] for c in curve] == [0, 1, 2, 3, 4]
@@ -38,8 +38,8 @@ def test_max_steps_keeps_the_first_layer_and_the_full_randomization(tiny_model):
     assert sanity.cascade_points(10, 12) == list(range(1, 11))
     points = sanity.cascade_points(50, 12)
     assert len(points) == 12 and points[0] == 1 and points[-1] == 50 and points == sorted(set(points))
-    result = sanity.randomization_test(tiny_model, torch.randn(2, 3, 16, 16), ["a", "b"],
-                                       [methods.create("vanilla")], max_steps=2)
+    result = sanity.randomization_test(Explainer(tiny_model, ["vanilla"]), torch.randn(2, 3, 16, 16), ["a", "b"],
+                                       max_steps=2)
     assert result.depths == [0, 1, 4]
     assert result.rows[0]["curve"][-1]["randomized"] == result.cascade
 
@@ -87,8 +87,8 @@ def builtin_run():
     x = torch.stack([torch.from_numpy(images.normalize(images.prepare(images.decode(p), pre), pre)) for p in SIX])
     state = {k: v.clone() for k, v in model.state_dict().items()}
     flags = [p.requires_grad for p in model.parameters()]
-    chosen = [methods.create(n) for n in config.methods]
-    result = sanity.randomization_test(model, x, [p.name for p in SIX], chosen, seed=0, mean=pre.mean, std=pre.std)
+    engine = Explainer(model, config.methods, preprocess=pre, seed=0)
+    result = sanity.randomization_test(engine, x, [p.name for p in SIX])
     return {"model": model, "state": state, "flags": flags, "result": result,
             "rows": {r["method"]: r for r in result.rows}}
 

@@ -32,7 +32,7 @@ def layer_activations(model: nn.Module, x: torch.Tensor, target: torch.Tensor, s
     with capture(spec, grad=with_grad) as cap:
         logits = model(x.detach())
         if cap.output is None:
-            raise RuntimeError(f"layer '{spec.name}' did not run in the model's forward pass; pass --layer")
+            raise RuntimeError(f"layer '{spec.name}' did not run in the model's forward pass; choose another layer")
         grad = None
         if with_grad:
             score = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()

@@ -10,22 +10,15 @@ import typing
 from typing import Any
 
 from ..errors import UsageError, did_you_mean
+from ..registry import Registry
 from .base import Method
 
-REGISTRY: dict[str, type[Method]] = {}
+REGISTRY: Registry = Registry("method")
 
 
 def register(name: str):
     """Class decorator: ``@register("gradcam")``; a duplicate name is an error."""
-
-    def wrap(cls: type[Method]) -> type[Method]:
-        if name in REGISTRY:
-            raise ValueError(f"method '{name}' is registered twice ({REGISTRY[name].__name__}, {cls.__name__})")
-        cls.name = name
-        REGISTRY[name] = cls
-        return cls
-
-    return wrap
+    return REGISTRY.register(name)
 
 
 def names() -> list[str]:
@@ -33,10 +26,7 @@ def names() -> list[str]:
 
 
 def get(name: str) -> type[Method]:
-    if name not in REGISTRY:
-        raise UsageError(f"unknown method '{name}'.{did_you_mean(name, REGISTRY)} "
-                         f"Methods: {', '.join(REGISTRY)}")
-    return REGISTRY[name]
+    return REGISTRY.lookup(name)
 
 
 def param_fields(cls: type[Method]) -> list[tuple[str, type, Any]]:

@@ -1,7 +1,10 @@
-"""The only module that writes files: output paths, atomic writes, the manifest, run.json, resume.
+"""The only package that writes files: atomic writes, the manifest, run.json, resume, and the sinks.
 
 Every file appears whole or not at all: it is written under a temporary name in the same folder, then
 renamed. The manifest and run.json are merged under a file lock, so shards writing into one OUT agree.
+Where a map and its overlay go is the business of a sink (``outputs/sinks/``, one file per format, chosen by
+name): ``OutputWriter`` hands each map to its sink, asks the sink whether an earlier map is complete (resume),
+and records the sink's name in run.json as ``format``, so ``open_sink`` later finds the maps of a finished run.
 """
 
 from __future__ import annotations
@@ -25,14 +28,6 @@ SCHEMA_VERSION = 1
 MANIFEST = "manifest.jsonl"
 RUN_JSON = "run.json"
 PNG_COMPRESS_LEVEL = 1  # zlib level: Pillow's default 6 is several times slower for little gain on overlays
-
-
-def npy_rel(method: str, key: str) -> str:
-    return f"{method}/{key}.npy"
-
-
-def png_rel(method: str, key: str) -> str:
-    return f"{method}/{key}.png"
 
 
 def _safe_join(out: Path, rel: str) -> Path:
@@ -168,13 +163,15 @@ class RecordStore(Mapping):
 
 
 class OutputWriter:
-    """Writes maps and overlays in a thread pool; keeps the run's manifest records.
+    """Writes maps and overlays through a sink in a thread pool; keeps the run's manifest records.
 
+    ``sink`` names a registered sink (``sinks.REGISTRY``; default ``files``: the .npy + .png pair).
     ``previous`` maps (image, method) to the last manifest record for resume decisions.
     """
 
-    def __init__(self, out: Path, threads: int = 2) -> None:
+    def __init__(self, out: Path, threads: int = 2, sink: str = "files") -> None:
         self.out = out
+        self.sink = sinks.get(sink)(out)  # an unknown name fails before anything is created
         out.mkdir(parents=True, exist_ok=True)
         self.previous = {(r.get("image"), r.get("method")): r for r in read_manifest(out)}
         self.records = RecordStore()
@@ -183,28 +180,23 @@ class OutputWriter:
 
     # -- resume
     def done_before(self, key: str, method: str, settings: str) -> dict[str, Any] | None:
-        """The earlier record if (key, method) was written whole with the same settings, else None."""
+        """The earlier record if (key, method) was written whole with the same settings, else None.
+
+        Whole means what the sink says (``Sink.complete``): for ``files``, both files still exist."""
         rec = self.previous.get((key, method))
         if not rec or rec.get("status") not in ("ok", "skipped") or rec.get("settings") != settings:
             return None
-        if not (_safe_join(self.out, npy_rel(method, key)).exists()
-                and _safe_join(self.out, png_rel(method, key)).exists()):
-            return None
-        return rec
+        return rec if self.sink.complete(rec) else None
 
     # -- writing
     def submit(self, record: dict[str, Any], saliency: np.ndarray, render: Callable[[], np.ndarray]) -> None:
-        """Queue the .npy and the overlay of one (image, method); the record becomes ``ok`` once both exist."""
-        key, method = record["image"], record["method"]
-        record = {**record, "npy": npy_rel(method, key), "overlay": png_rel(method, key)}
-        future = self._pool.submit(self._write_pair, record, saliency, render)
+        """Queue the map (H, W) and the overlay (``render()``, called on a writer thread) of one (image, method)
+        for the sink; the record gets the sink's fields and becomes ``ok`` once the sink's write returns."""
+        record = {**record, **self.sink.fields(record["method"], record["image"])}
+        future = self._pool.submit(self.sink.write, record, saliency, render)
         self._pending.append((future, record))
         if len(self._pending) > 64:
             self.drain(wait_all=False)
-
-    def _write_pair(self, record: dict[str, Any], saliency: np.ndarray, render: Callable[[], np.ndarray]) -> None:
-        write_npy(_safe_join(self.out, record["npy"]), saliency)
-        write_png(_safe_join(self.out, record["overlay"]), render())
 
     def drain(self, wait_all: bool = True) -> None:
         """Collect finished writes (all of them if ``wait_all``); a failed write marks its record ``error``."""
@@ -217,10 +209,9 @@ class OutputWriter:
                 future.result()
                 self.add(record)
             except Exception as exc:  # noqa: BLE001 - one file's failure is recorded, not fatal
-                for rel in ("npy", "overlay"):
-                    with contextlib.suppress(OSError, ValueError):
-                        _safe_join(self.out, record[rel]).unlink(missing_ok=True)
-                self.add({**record, "status": "error", "npy": None, "overlay": None,
+                self.sink.discard(record)
+                cleared = dict.fromkeys(self.sink.fields(record["method"], record["image"]))
+                self.add({**record, **cleared, "status": "error",
                           "error": f"could not write outputs: {type(exc).__name__}: {exc}"})
         self._pending = keep
 
@@ -228,8 +219,10 @@ class OutputWriter:
         self.records[(record["image"], record["method"])] = record
 
     def close(self) -> None:
+        """Wait for every write, then close the sink (a packed sink flushes its part files here)."""
         self.drain(wait_all=True)
         self._pool.shutdown(wait=True)
+        self.sink.close()
 
     # -- shared files
     def write_manifest(self) -> None:
@@ -242,10 +235,11 @@ class OutputWriter:
                     fh.write((self.records.line(k) if k in self.records else _dumps(previous[k])) + "\n")
 
     def write_run_json(self, info: dict[str, Any], shard: tuple[int, int] | None) -> None:
-        """OUT/run.json; with shards, each shard's summary is kept under ``shards``."""
+        """OUT/run.json, with the sink's name as ``format``; with shards, each shard's summary is kept under
+        ``shards``."""
         with locked(self.out):
             path = self.out / RUN_JSON
-            doc = {"schema_version": SCHEMA_VERSION, **info}
+            doc = {"schema_version": SCHEMA_VERSION, **info, "format": self.sink.name}
             if shard is not None:
                 old: dict[str, Any] = {}
                 with contextlib.suppress(OSError, json.JSONDecodeError):
@@ -260,7 +254,7 @@ class OutputWriter:
 
 def read_run_json(out: Path) -> dict[str, Any]:
     """OUT/run.json of a finished run; a clear usage error when there is none."""
-    from .errors import UsageError
+    from ..errors import UsageError
 
     path = out / RUN_JSON
     try:
@@ -271,9 +265,19 @@ def read_run_json(out: Path) -> dict[str, Any]:
         raise UsageError(f"{path} is not valid JSON ({exc})") from None
 
 
+def open_sink(out: Path, run: dict[str, Any] | None = None) -> sinks.Sink:
+    """The sink a finished run in OUT was written with: run.json's ``format`` (``files`` when it has none).
+    ``run`` is run.json's content when the caller has read it already."""
+    run = read_run_json(out) if run is None else run
+    return sinks.get(run.get("format") or "files")(out)
+
+
 def write_jsonl(final: Path, rows: list[dict[str, Any]]) -> None:
     write_bytes(final, "".join(_dumps(r) + "\n" for r in rows).encode("utf-8"))
 
 
 def write_json(final: Path, doc: Any) -> None:
     write_bytes(final, (json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+
+
+from . import sinks  # noqa: E402  (last: the sinks write through the helpers above)

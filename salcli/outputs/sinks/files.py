@@ -1,0 +1,68 @@
+"""The ``files`` sink: one ``OUT/METHOD/KEY.npy`` (the raw map) and one ``OUT/METHOD/KEY.png`` (its overlay)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ... import outputs  # the module, not its functions: write_npy/write_png are looked up at each call
+from . import Sink, register
+
+
+def npy_rel(method: str, key: str) -> str:
+    return f"{method}/{key}.npy"
+
+
+def png_rel(method: str, key: str) -> str:
+    return f"{method}/{key}.png"
+
+
+@register("files")
+class Files(Sink):
+    """A .npy map and a .png overlay per (image, method), under OUT/METHOD/ at the image's relative path."""
+
+    help = "OUT/METHOD/KEY.npy (float32 map) and OUT/METHOD/KEY.png (overlay) per image and method"
+
+    def fields(self, method: str, key: str) -> dict[str, str | None]:
+        return {"npy": npy_rel(method, key), "overlay": png_rel(method, key)}
+
+    def _paths(self, record: dict[str, Any]) -> tuple[Path, Path] | None:
+        """(npy, png) inside OUT for the record's image and method; None for a record that would leave OUT."""
+        method, key = record.get("method"), record.get("image")
+        if not isinstance(method, str) or not isinstance(key, str):
+            return None
+        try:
+            return (outputs._safe_join(self.out, npy_rel(method, key)),
+                    outputs._safe_join(self.out, png_rel(method, key)))
+        except ValueError:
+            return None
+
+    def write(self, record: dict[str, Any], saliency: np.ndarray, render: Callable[[], np.ndarray]) -> None:
+        npy = outputs._safe_join(self.out, npy_rel(record["method"], record["image"]))
+        png = outputs._safe_join(self.out, png_rel(record["method"], record["image"]))
+        outputs.write_npy(npy, saliency)
+        try:
+            outputs.write_png(png, render())
+        except BaseException:
+            npy.unlink(missing_ok=True)  # never a lone .npy that looks like half of a pair
+            raise
+
+    def discard(self, record: dict[str, Any]) -> None:
+        for path in self._paths(record) or ():
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+
+    def complete(self, record: dict[str, Any]) -> bool:
+        paths = self._paths(record)
+        return paths is not None and all(p.is_file() for p in paths)
+
+    def load_map(self, record: dict[str, Any]) -> np.ndarray:
+        npy = outputs._safe_join(self.out, npy_rel(record["method"], record["image"]))
+        return np.load(npy, allow_pickle=False)
+
+    def overlay_link(self, record: dict[str, Any]) -> str | None:
+        paths = self._paths(record)
+        return png_rel(record["method"], record["image"]) if paths and paths[1].is_file() else None

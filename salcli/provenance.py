@@ -1,0 +1,82 @@
+"""Provenance: what an output depends on (settings fingerprints), manifest records and run.json's contents.
+Pure: dicts in, dicts out; ``outputs`` writes them."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import sys
+from typing import Any
+
+from . import __version__
+from .outputs import SCHEMA_VERSION
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def method_settings(resolved) -> dict[str, str]:
+    """method -> a fingerprint of everything its outputs depend on (resume compares it)."""
+    config = resolved.config
+    common = {"model": config.model, "checksums": resolved.model.checksums, "weights": config.weights,
+              "preprocess": dataclasses.asdict(resolved.preprocess), "target": resolved.target,
+              "layer": resolved.layer, "seed": config.seed, "colormap": config.colormap, "alpha": config.alpha,
+              "labels": fingerprint(resolved.labels)}
+    if config.precision != "fp32":
+        common["precision"] = config.precision  # fp32 fast paths give the same maps; bf16 does not
+    return {m.name: fingerprint({**common, "method": m.name, "params": dataclasses.asdict(m.params)})
+            for m in resolved.methods}
+
+
+def record(key: str, method: str, settings: str, **fields: Any) -> dict[str, Any]:
+    """A manifest line: every field the contract promises, then what the caller adds."""
+    base = {"image": key, "method": method, "status": None, "error": None, "npy": None, "overlay": None,
+            "pred": None, "pred_label": None, "prob": None, "target": None, "target_label": None, "score": None,
+            "settings": settings, "schema_version": SCHEMA_VERSION}
+    return {**base, **fields}
+
+
+def run_info(resolved, settings: dict[str, str], *, images: int, workers: int, counts: dict[str, int],
+             timings: dict[str, Any], argv, interrupted: bool) -> dict[str, Any]:
+    """run.json's contents (the writer adds the schema version, the format and the shards)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import numpy as np
+    import PIL
+    import torch
+
+    try:
+        torchvision_version = version("torchvision")  # importing torchvision costs seconds (it imports dynamo)
+    except PackageNotFoundError:
+        torchvision_version = None
+    config, engine = resolved.config, resolved.explainer
+    return {
+        "salcli_version": __version__,
+        "argv": argv,
+        "settings": config.to_json(),
+        "model": {"spec": config.model, "kind": resolved.model.kind, "weights": config.weights,
+                  "sha256": resolved.model.checksums, "trusted": config.trust_checkpoint},
+        "preprocess": dataclasses.asdict(resolved.preprocess),
+        "labels": list(resolved.labels) if resolved.labels else None,
+        "methods": {m.name: {"params": dataclasses.asdict(m.params), "settings": settings[m.name]}
+                    for m in resolved.methods},
+        "seed": config.seed,
+        "device": str(resolved.device),
+        "batch_size": resolved.batch_size,
+        "chunk": engine.chunk,
+        "precision": config.precision,
+        "optimizations": engine.fast.notes if engine.fast else [],
+        "oom_backoffs": engine.backoffs,
+        "layer": resolved.layer,
+        "workers": workers,
+        "images": images,
+        "counts": counts,
+        "interrupted": interrupted,
+        "timings": timings,
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__,
+                     "torchvision": torchvision_version, "numpy": np.__version__, "pillow": PIL.__version__,
+                     "platform": platform.platform()},
+    }

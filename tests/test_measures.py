@@ -1,0 +1,98 @@
+"""The measures registry: columns, directions, gates, tables and docs all come from it; a new measure plugs in
+with one module."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from salcli import docs, gates, measures
+from salcli.evaluation import RANDOM, _summarize
+
+
+class Spread(measures.Measure):
+    """A throwaway measure: the map's standard deviation (lower is better, gated, compared with random)."""
+
+    name = "spread"
+    order = 99
+    metrics = (measures.Metric("spread", "spread", "standard deviation of the map", better=measures.LOWER),)
+
+    def measure(self, batch):
+        return {"spread": [float(np.std(batch.maps[i].numpy())) for i in range(len(batch.keys))]}
+
+
+@pytest.fixture
+def spread():
+    measures.register(Spread)
+    try:
+        yield Spread
+    finally:
+        measures.unregister(Spread)
+
+
+def test_a_registered_measure_becomes_a_column_a_direction_a_gate_and_a_readme_row(spread):
+    rows = [{"image": "a", "method": "m", "spread": 0.2}, {"image": "b", "method": "m", "spread": 0.4},
+            {"image": "a", "method": RANDOM, "spread": 0.5}, {"image": "b", "method": RANDOM, "spread": 0.5}]
+    table = {r["method"]: r for r in _summarize(rows, ["m"])}
+    assert table["m"]["spread"] == pytest.approx(0.3) and table["m"]["beats_random"]["spread"] is True
+    assert measures.METRICS["spread"].gate_option == "max_spread"
+    assert gates.check(list(table.values()), {"max_spread": 0.35}) == []
+    [line] = gates.check(list(table.values()), {"max_spread": 0.25})
+    assert "spread of m is 0.3000, above the bar 0.25" in line
+    assert "| `spread` | evaluate | standard deviation of the map | lower ↓ | ✓/✗ | `--max-spread` |" in \
+        docs.metric_table()
+    assert "spread" in [m.name for m in measures.measures("evaluate")][-1]  # its order puts it last
+
+
+def test_directions_decide_who_beats_the_random_map():
+    rows = [{"image": "a", "method": "m", "deletion_auc": 0.2, "insertion_auc": 0.2, "energy": 0.9},
+            {"image": "a", "method": RANDOM, "deletion_auc": 0.3, "insertion_auc": 0.3, "energy": 0.5}]
+    beats = _summarize(rows, ["m"])[0]["beats_random"]
+    assert beats == {"deletion_auc": True, "insertion_auc": False, "energy": True}
+
+
+def test_counts_and_missing_values_aggregate_as_declared():
+    rows = [{"image": "a", "method": "m", "stability": 0.2, "fragile": True},
+            {"image": "b", "method": "m", "stability": 0.8, "fragile": False},
+            {"image": "c", "method": "m"}]
+    row = _summarize(rows, ["m"])[0]
+    assert row["fragile"] == 1 and row["stability"] == pytest.approx(0.5) and row["pointing_game"] is None
+    assert row["images"] == 3
+
+
+def test_a_name_registered_twice_is_an_error(spread):
+    class Again(Spread):
+        name = "spread-again"
+
+    with pytest.raises(ValueError, match="metric 'spread' is registered twice"):
+        measures.register(Again)
+    with pytest.raises(ValueError, match="measure 'localization' is registered twice"):
+        measures.register(measures.MEASURES["localization"])
+
+
+def test_every_gated_metric_is_an_option_of_its_command():
+    from typer.main import get_command
+
+    from salcli.cli import app
+
+    group = get_command(app)
+    for command in ("evaluate", "sanity"):
+        flags = {o for p in group.commands[command].params for o in p.opts}
+        assert {m.gate_flag for m in measures.gated(command)} <= flags
+        assert {"--max-deletion-road-auc", "--min-stability"} <= flags if command == "evaluate" else True
+
+
+def test_importing_the_registry_imports_neither_torch_nor_numpy():
+    code = "import sys, salcli.measures as m; assert m.METRICS; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_readme_metric_table_is_generated_from_the_registry():
+    text = (ROOT / "README.md").read_text()
+    assert docs.between(text, docs.METRICS_BEGIN, docs.METRICS_END) == docs.metric_table(), \
+        "run: python -m salcli.docs --write"
