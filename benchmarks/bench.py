@@ -204,7 +204,8 @@ def section_compute(b: Bench) -> None:
         rows.append(["gradcam", label, f"{rate:.3f}", f"{full:.3f} (one full backward)",
                      f"**{rate / full:.2f}**", "> 1"])
         RESULTS.setdefault("compute", {})[f"gradcam/{label}"] = rate / full
-    table("Compute near the limit (preloaded tensors, the pipeline's automatic batch and chunk)",
+    table("Compute near the limit (preloaded tensors through salcli.Explainer, the engine every command runs: its "
+          "forward pass for predictions and probabilities included; the pipeline's automatic batch and chunk)",
           ["method", "run", "images/s", "limit images/s", "ratio", "bar"], rows)
 
 
