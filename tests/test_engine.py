@@ -108,6 +108,8 @@ def test_api_gradient_shap_uses_references_and_refuses_a_missing_folder(four, tm
                           references=str(refs), samples=8)
     ref = cli_maps(out, "gradient-shap", keys)
     np.testing.assert_allclose(ours.numpy(), ref, rtol=0, atol=1e-5 * float(np.abs(ref).max()))
+    noise = salcli.explain(model, x, method="gradient-shap", keys=keys, mean=pre.mean, std=pre.std, samples=8)
+    assert not np.allclose(noise.numpy(), ref)  # the references were used, not the default noise baseline
     with pytest.raises(UsageError, match="references"):
         salcli.explain(model, x, method="gradient-shap", references=str(tmp_path / "missing"))
 
@@ -207,3 +209,23 @@ def test_run_settings_round_trip_as_data(tmp_path):
                            "resize": 64, "methods": ["gradcam", "vanilla"], "params": ["gradcam.x=1"],
                            "labels": ("a", "b"), "shard": "1/3", "chunk": "5", "target": "b"})
     assert RunConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+
+
+def test_a_failing_method_is_reported_and_the_others_still_run(tiny_model):
+    from salcli.engine import Explainer
+    from salcli.methods.base import Method
+
+    class Broken(Method):
+        name = "broken"
+
+        def attribute(self, model, x, target, ctx):
+            raise ValueError("nope")
+
+    engine = Explainer(tiny_model.eval(), [Broken(), "vanilla"], mean=(0.5,), std=(0.25,))
+    x = torch.randn(3, 3, 16, 16)
+    result = engine(x, ["a", "b", "c"], pending={"broken": [0, 1, 2], "vanilla": [2]})
+    assert isinstance(result.failures["broken"], ValueError) and "broken" not in result.maps
+    assert result.rows["vanilla"] == [2] and result.maps["vanilla"].shape == (1, 16, 16)
+    whole = engine(x[2:], ["c"]).maps["vanilla"]
+    torch.testing.assert_close(result.maps["vanilla"], whole)  # a subset gives the same map as the image alone
+    assert result.facts()[0].keys() >= {"pred", "prob", "target", "score"}
