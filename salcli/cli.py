@@ -16,7 +16,6 @@ from . import __version__, sources
 from .config import build_config
 from .errors import SalcliError, word
 
-EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     name="salcli",
@@ -105,8 +104,8 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
              "`salcli explain photos/ -o out --model torchvision:resnet50 --weights resnet50.safetensors -m vanilla`\n\n"
              "`salcli explain imgs/ -o out --model net.py:build --weights ckpt.pt --target 3 --json`")
 def explain(
-    inputs: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively).",
-                                        show_default=False),
+    inputs: Optional[List[Path]] = typer.Argument(None, help="Image files and/or folders (searched recursively); "
+                                                  "or give --files-from.", show_default=False),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (maps, overlays, manifest.jsonl, run.json)."),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " [default: builtin:fashion-mnist]",
                                         show_default=False),
@@ -152,7 +151,14 @@ def explain(
                                           "[default: 0.5]", show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: take the I-th (from 0) of N disjoint "
-                                        "slices. Default: torchrun's RANK/WORLD_SIZE or a Slurm array."),
+                                        "slices, assigned by a hash of each image's relative path. Default: "
+                                        "torchrun's RANK/WORLD_SIZE, an srun step or a Slurm array's position "
+                                        "(printed on stderr)."),
+    no_shard: bool = typer.Option(False, "--no-shard", help="Ignore torchrun's and Slurm's variables: this "
+                                  "process takes every image."),
+    files_from: Optional[Path] = typer.Option(None, "--files-from", help="Read the inputs from LIST (- for "
+                                              "stdin), one path per line (blank lines and # comments ignored), "
+                                              "instead of walking INPUT folders.", metavar="LIST"),
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as one JSON object on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
 ) -> None:
@@ -167,7 +173,8 @@ def explain(
            "params": param, "target": target, "layer": layer, "device": device, "batch_size": batch_size,
            "chunk": chunk, "workers": workers, "precision": precision, "optimize": optimize, "seed": seed,
            "colormap": colormap, "alpha": alpha,
-           "overwrite": overwrite or None, "shard": shard, "json": as_json or None, "quiet": quiet or None}
+           "overwrite": overwrite or None, "shard": shard, "no_shard": no_shard or None,
+           "files_from": files_from, "json": as_json or None, "quiet": quiet or None}
     try:
         config = build_config(cli)
         from .pipeline import run
@@ -175,9 +182,10 @@ def explain(
         summary = run(config, TerminalReporter(config.quiet), argv=sys.argv)
     except SalcliError as exc:
         raise _fail(exc) from None
-    except KeyboardInterrupt:
-        _stderr().print("salcli: interrupted; what was written is whole. Run the same command to resume.")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C: 130; SIGTERM: 143; SIGHUP: 129 (128 + the signal)
+        _stderr().print("salcli: interrupted; what was written is whole and journaled. Run the same command to "
+                        "resume.")
+        raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
     console = _stderr()
     for err in summary.errors:
         console.print(f"[red]failed:[/] {err['image']} ({err['method']}): {err['error']}", markup=True)
@@ -421,6 +429,55 @@ def sanity(
             _stderr().print(f"wrote {', '.join(str(out / w) for w in written)}")
     _print_gate_failures(failures)
     raise typer.Exit(4 if failures else 0)
+
+
+@app.command(epilog="Examples:\n\n`salcli merge out` (after every shard of an array or a torchrun job has finished)")
+def merge(
+    out: Path = typer.Argument(..., help="The output folder the shards wrote into."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
+) -> None:
+    """Stream the shards' journals (OUT/parts/) into OUT/manifest.jsonl and a merged OUT/run.json (counts summed,
+    the shards present). Read-only over the parts; run it once every shard has finished.
+
+    Exit codes: 0 merged; 2 no run files, or the shards were run with different settings.
+    """
+    from .merge import merge as run_merge
+
+    try:
+        summary = run_merge(out)
+    except SalcliError as exc:
+        raise _fail(exc) from None
+    if not quiet:
+        _stderr().print(f"merged {summary.records} record(s) from {len(summary.shards)} shard(s) into "
+                        f"{out / 'manifest.jsonl'} and {out / 'run.json'}")
+        if summary.incomplete:
+            _stderr().print(f"[yellow]note:[/] shard(s) {', '.join(summary.incomplete)} did not finish; rerun them "
+                            "with the same command, then merge again", markup=True)
+
+
+@app.command(epilog="Examples:\n\n`salcli verify out`\n\n`salcli verify out --files-from list.txt`")
+def verify(
+    out: Path = typer.Argument(..., help="The output folder of a salcli explain run (sharded or not)."),
+    files_from: Optional[Path] = typer.Option(None, "--files-from", help="The expected images, one path per "
+                                              "line (default: the run's inputs, listed again)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but the problems."),
+) -> None:
+    """Account for every expected image: one ok record per method, one setting each. Prints one line per
+    problem (missing, failed, duplicated across shards, mixed settings, not among the inputs).
+
+    Exit codes: 0 every image accounted for; 1 a problem was found; 2 no run files.
+    """
+    from .merge import verify as run_verify
+
+    try:
+        problems = run_verify(out, files_from)
+    except SalcliError as exc:
+        raise _fail(exc) from None
+    for line in problems:
+        _stderr().print(f"[bold red]verify:[/] {line}", markup=True)
+    if not problems and not quiet:
+        _stderr().print(f"verify: every expected image of {out} is accounted for")
+    raise typer.Exit(1 if problems else 0)
 
 
 @app.command("methods")

@@ -80,6 +80,9 @@ class RunConfig:
     alpha: float = 0.5
     overwrite: bool = False
     shard: tuple[int, int] | None = None
+    shard_source: str | None = None  # where ``shard`` came from, in words (see ``parse_shard``)
+    no_shard: bool = False  # ignore torchrun's and Slurm's variables: one process takes every image
+    files_from: Path | None = None  # a list of inputs, one per line ('-': stdin), instead of INPUT...
     json: bool = False
     quiet: bool = False
     config_file: Path | None = None
@@ -89,6 +92,7 @@ class RunConfig:
         d["inputs"] = [str(p) for p in self.inputs]
         d["out"] = str(self.out) if self.out else None
         d["config_file"] = str(self.config_file) if self.config_file else None
+        d["files_from"] = str(self.files_from) if self.files_from else None
         return d
 
     @classmethod
@@ -100,7 +104,7 @@ class RunConfig:
         for key in ("inputs", "methods"):
             if key in values:
                 values[key] = tuple(Path(p) for p in values[key]) if key == "inputs" else tuple(values[key])
-        for key in ("out", "config_file"):
+        for key in ("out", "config_file", "files_from"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         if isinstance(values.get("labels"), list):
@@ -187,24 +191,123 @@ def parse_param(text: str) -> tuple[str, str, str]:
     return method.strip(), key.strip(), value.strip()
 
 
-def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[int, int] | None:
-    """``--shard I/N`` (I counted from 0), else torchrun's RANK/WORLD_SIZE, else a Slurm array."""
+@dataclass(frozen=True)
+class Shard:
+    """The slice of the inputs this process takes: ``index`` of ``count`` (from 0), and ``source``, where it
+    came from in words ("given", "torchrun RANK=1 WORLD_SIZE=4", ...), for the line printed on stderr."""
+
+    index: int
+    count: int
+    source: str
+
+    @property
+    def pair(self) -> tuple[int, int]:
+        return (self.index, self.count)
+
+
+# Every environment variable ``parse_shard`` reads (tests clear them; the CLI may list them in a message).
+SHARD_ENV = ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_ARRAY_TASK_ID",
+             "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX", "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_COUNT")
+
+
+def parse_shard(text: str | None, env: Any = None, *, no_shard: bool = False) -> Shard | None:
+    """The shard this process takes, or None for every image.
+
+    ``text`` (``I/N``, I from 0) wins; ``no_shard`` turns detection off. Otherwise the launcher's variables:
+    torchrun's ``RANK``/``WORLD_SIZE`` (when WORLD_SIZE > 1), else an ``srun`` step's ``SLURM_PROCID`` of
+    ``SLURM_STEP_NUM_TASKS`` (when > 1; ``SLURM_NTASKS`` alone is the allocation's size, also set in a batch
+    script that runs once, so it is not read), combined with a Slurm array's position when both are set
+    (array task a of A, process p of P -> shard a*P + p of A*P). An array's position is
+    ``(TASK_ID - TASK_MIN) // TASK_STEP`` of ``(TASK_MAX - TASK_MIN) // TASK_STEP + 1``, checked against
+    ``TASK_COUNT``. What the environment cannot answer raises ``UsageError`` instead of guessing: an id list
+    that is not evenly spaced, and a one-task array (a rerun of one task of a larger array looks the same as
+    an array of one, and taking every image would redo the other tasks' work)."""
     env = os.environ if env is None else env
-    if text is None:
-        if "WORLD_SIZE" in env and "RANK" in env and int(env["WORLD_SIZE"]) > 1:
-            text = f"{env['RANK']}/{env['WORLD_SIZE']}"
-        elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-            first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-            text = f"{int(env['SLURM_ARRAY_TASK_ID']) - first}/{env['SLURM_ARRAY_TASK_COUNT']}"
-        else:
-            return None
+    if text is not None:
+        if no_shard:
+            raise UsageError(f"{setting('shard')} and {setting('no_shard')} contradict each other; give one")
+        index, count = _shard_pair(text)
+        return Shard(index, count, "given")
+    if no_shard:
+        return None
+    outer = _slurm_array(env)
+    inner = _torchrun(env) or _srun(env)
+    if outer is None and inner is None:
+        return None
+    if outer is None or inner is None:
+        return outer or inner
+    return Shard(outer.index * inner.count + inner.index, outer.count * inner.count,
+                 f"{outer.source}, {inner.source}")
+
+
+def _shard_pair(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
     except ValueError:
         raise UsageError(f"{setting('shard')} takes I/N, such as 0/4 (I counts from 0); got '{text}'") from None
     if n < 1 or not 0 <= i < n:
         raise UsageError(f"{setting('shard')} {text}: I must be in 0..N-1 and N at least 1")
-    return (i, n)
+    return i, n
+
+
+def _env_int(env: Any, name: str) -> int | None:
+    value = env.get(name)
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UsageError(f"the environment variable {name}={value!r} is not a whole number; fix it, or pass "
+                         f"{setting('shard')} I/N or {setting('no_shard')}") from None
+
+
+def _torchrun(env: Any) -> Shard | None:
+    rank, world = _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE")
+    if rank is None or world is None or world <= 1:
+        return None
+    if not 0 <= rank < world:
+        raise UsageError(f"RANK={rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={world}); pass {setting('shard')} "
+                         "I/N to choose the slice")
+    return Shard(rank, world, f"torchrun RANK={rank} WORLD_SIZE={world}")
+
+
+def _srun(env: Any) -> Shard | None:
+    proc, tasks = _env_int(env, "SLURM_PROCID"), _env_int(env, "SLURM_STEP_NUM_TASKS")
+    if proc is None or tasks is None or tasks <= 1:
+        return None
+    if not 0 <= proc < tasks:
+        raise UsageError(f"SLURM_PROCID={proc} is outside 0..SLURM_STEP_NUM_TASKS-1 ({tasks}); pass "
+                         f"{setting('shard')} I/N to choose the slice")
+    return Shard(proc, tasks, f"srun SLURM_PROCID={proc} SLURM_STEP_NUM_TASKS={tasks}")
+
+
+def _slurm_array(env: Any) -> Shard | None:
+    task = _env_int(env, "SLURM_ARRAY_TASK_ID")
+    if task is None:
+        return None
+    low, high = _env_int(env, "SLURM_ARRAY_TASK_MIN"), _env_int(env, "SLURM_ARRAY_TASK_MAX")
+    count, step = _env_int(env, "SLURM_ARRAY_TASK_COUNT"), _env_int(env, "SLURM_ARRAY_TASK_STEP") or 1
+    explicit = f"pass {setting('shard')} I/N (this task's position I, from 0, among the array's N tasks)"
+    if low is None or high is None or step < 1 or not low <= task <= high:
+        raise UsageError(f"Slurm array task {task}: SLURM_ARRAY_TASK_MIN/MAX/STEP are missing or inconsistent, "
+                         f"so this task's slice is unknown; {explicit}")
+    if low == high:
+        raise UsageError(f"this is a one-task Slurm array (task {task}). If it reruns one task of a larger array, "
+                         f"{explicit}: a rerun of task 3 of --array=0-15 takes 3/16. To explain every image in "
+                         f"this one task, pass {setting('no_shard')}")
+    span = (high - low) // step + 1
+    if (count is None or count == span) and (task - low) % step == 0:
+        return Shard((task - low) // step, span, f"Slurm array task {task} of ids {low}-{high}"
+                     + (f" step {step}" if step > 1 else ""))
+    if count is not None and count > 1 and (high - low) % (count - 1) == 0:
+        # SLURM_ARRAY_TASK_COUNT ids from MIN to MAX: consistent with one evenly spaced list. If the real list
+        # is not that one, at least one of its tasks fails here, so a gap never goes unreported.
+        spacing = (high - low) // (count - 1)
+        if (task - low) % spacing == 0:
+            return Shard((task - low) // spacing, count,
+                         f"Slurm array task {task} of {count} ids {low}-{high} spaced {spacing}")
+    raise UsageError(f"Slurm array task {task} is one of {count} ids between {low} and {high} that are not "
+                     f"evenly spaced, and Slurm does not say their order; {explicit}")
 
 
 def parse_batch_size(value: str | int, option: str = setting("batch_size")) -> int | str:
@@ -280,7 +383,13 @@ def build_overrides(cli: dict[str, Any]) -> tuple[RunConfig, frozenset[str]]:
     values["device"] = check_device(values.get("device", "auto"))
     if values.get("precision", "fp32") not in ("fp32", "bf16"):
         raise UsageError(f"{setting('precision')} takes fp32 or bf16; got '{values['precision']}'")
-    values["shard"] = parse_shard(values.get("shard"))
+    if "shard" in cli or "no_shard" in cli:  # commands without a --shard option (evaluate, sanity) never shard
+        found = parse_shard(values.get("shard"), no_shard=bool(values.get("no_shard")))
+        values["shard"], values["shard_source"] = (found.pair, found.source) if found else (None, None)
+    else:
+        values.pop("shard", None)
+    if values.get("files_from") is not None:
+        values["files_from"] = Path(values["files_from"])
     if "inputs" in values:
         values["inputs"] = tuple(Path(p) for p in values["inputs"])
     if values.get("out") is not None:

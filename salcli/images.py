@@ -6,6 +6,7 @@ and other modes converted to RGB; 16-bit images scaled (not clipped) to 8 bits; 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .config import Preprocess
-from .errors import UsageError
+from .errors import UsageError, setting
 
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
@@ -33,37 +34,79 @@ class ImageError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- discovery
-def discover(inputs: list[Path] | tuple[Path, ...], exclude: Path | None = None) -> list[ImageItem]:
+def discover(inputs: list[Path] | tuple[Path, ...], exclude: Path | None = None, *,
+             listed: bool = False) -> list[ImageItem]:
     """Image files under ``inputs`` (files and folders, recursive), sorted by relative path.
 
-    Keys are relative to the deepest folder holding every input (a folder input counts as itself), so one
-    folder gives paths inside it and several inputs keep their distinguishing folder names. A symlinked
-    folder is visited once; a symlink cycle is not followed. The folder ``exclude`` (the output folder) is
-    never searched, so a run's own overlays are not taken as inputs by the next run.
+    Keys are relative to the deepest folder holding every input (a folder input counts as itself; a file
+    input counts as the folder it is named in, a symlinked file included), so one folder gives paths inside
+    it and several inputs keep their distinguishing folder names. A symlinked folder is visited once; a
+    symlink cycle is not followed. The folder ``exclude`` (the output folder) is never searched, so a run's
+    own overlays are not taken as inputs by the next run.
+
+    ``listed``: the inputs come from a file list (``read_file_list``): a listed file that is missing, or whose
+    extension is not an image's, is kept (its decoding fails and becomes that image's error record) instead
+    of stopping the run; its key is computed as for a file given on the command line.
     """
     if not inputs:
         raise UsageError("give at least one image file or folder")
+    parents: dict[Path, Path] = {}  # a file's folder as named -> resolved (one syscall per folder, not per file)
+
+    def root_of(p: Path) -> Path:
+        if p.is_dir():
+            return p.resolve()
+        if p.parent not in parents:
+            parents[p.parent] = p.parent.resolve()
+        return parents[p.parent]
+
     roots = []
     for p in inputs:
-        if not p.exists():
+        if not listed and not p.exists():
             raise UsageError(f"input not found: {p}")
-        roots.append(p.resolve() if p.is_dir() else p.resolve().parent)
+        roots.append(root_of(p))
     base = Path(os.path.commonpath([str(r) for r in roots]))
     files: dict[Path, Path] = {}  # resolved file -> path as found
+    direct: dict[Path, str] = {}  # listed files -> key
     seen_dirs: set[Path] = {exclude.resolve()} if exclude is not None else set()
     for p in inputs:
         if p.is_dir():
             for found in _walk(p, seen_dirs):
                 files.setdefault(found.resolve(), found)
+        elif listed:
+            direct.setdefault(p, (root_of(p).relative_to(base) / p.name).as_posix())
         elif p.suffix.lower() in EXTENSIONS:
             files.setdefault(p.resolve(), p)
         else:
             raise UsageError(f"{p} is not an image file (extensions: {', '.join(sorted(EXTENSIONS))})")
     items = {}
+    for p, key in direct.items():
+        items.setdefault(key, ImageItem(p, key))
     for resolved, found in files.items():
         key = _key(found, inputs, base)
         items.setdefault(key, ImageItem(found, key))
     return [items[k] for k in sorted(items)]
+
+
+def read_file_list(source: Path | str) -> list[Path]:
+    """The paths listed in ``source`` (``-``: standard input), one per line; blank lines and lines starting
+    with ``#`` are ignored, surrounding spaces removed. Relative paths are relative to the current folder, as
+    on the command line. Pass the result to ``discover(paths, exclude, listed=True)``."""
+    import sys
+
+    if str(source) == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"the list {setting('files_from')} {source} was not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the list {setting('files_from')} {source}: {exc}") from None
+    paths = [Path(line.strip()) for line in text.splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not paths:
+        raise UsageError(f"the list {setting('files_from')} {source} names no files")
+    return paths
 
 
 def _walk(root: Path, seen_dirs: set[Path]):
@@ -98,8 +141,15 @@ def _key(found: Path, inputs, base: Path) -> str:
 
 
 def shard(items: list[ImageItem], index: int, count: int) -> list[ImageItem]:
-    """The ``index``-th of ``count`` disjoint slices (round robin over the sorted list)."""
-    return items[index::count]
+    """The ``index``-th of ``count`` disjoint slices, in the items' order. An image's slice depends only on its
+    key (``shard_of``), so adding or removing a file while shards run moves that file alone."""
+    return [item for item in items if shard_of(item.key, count) == index]
+
+
+def shard_of(key: str, count: int) -> int:
+    """The slice of ``count`` that the image ``key`` belongs to: the first 8 bytes of sha256(key), big-endian,
+    modulo ``count`` (stable across runs, machines and Python versions, unlike ``hash``)."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % count
 
 
 # ---------------------------------------------------------------------------------------------- decoding
@@ -119,6 +169,10 @@ def decode(path: Path) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"refused as a decompression bomb: {exc}") from None
+    except FileNotFoundError:
+        raise ImageError("file not found") from None
+    except IsADirectoryError:
+        raise ImageError("a folder, not an image file") from None
     except Image.UnidentifiedImageError:
         size = path.stat().st_size if path.exists() else 0
         what = "an empty file" if size == 0 else "not an image Pillow can read"

@@ -7,9 +7,12 @@ depends on from ``provenance``, and files are written by ``outputs``. Terminal o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -63,15 +66,21 @@ class Job:
     items: list[images.ImageItem]
     settings: dict[str, str]  # method -> fingerprint of everything its outputs depend on
     workers: int
+    content: dict[str, dict[str, int]] = field(default_factory=dict)  # key -> the file's size and mtime_ns
 
 
 def plan_job(config: RunConfig, reporter: Reporter) -> Job:
     """Validate everything and load the model; raises UsageError / ModelLoadError before any work."""
     if config.out is None:
         raise UsageError(f"give an output folder with {setting('out')}")
-    items = images.discover(list(config.inputs), exclude=config.out)
+    listed = config.files_from is not None
+    if listed and config.inputs:
+        raise UsageError(f"give the inputs as arguments or with {setting('files_from')}, not both")
+    paths = images.read_file_list(config.files_from) if listed else list(config.inputs)
+    items = images.discover(paths, exclude=config.out, listed=listed)
     if config.shard is not None:
         items = images.shard(items, *config.shard)
+        reporter.note(f"shard {config.shard[0]}/{config.shard[1]} ({config.shard_source}): {len(items)} image(s)")
     resolved = resolve(config, reporter)
     workers = (config.workers if config.workers is not None
                else auto_workers(len(items), resolved.batch_size, resolved.device))
@@ -90,26 +99,55 @@ def auto_workers(images: int, batch_size: int, device: torch.device) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- the run
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C: the writers drain, the journal is flushed, the run stops."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """SIGTERM (Slurm's time limit and preemption, torchrun stopping the other ranks) and SIGHUP end the run as
+    Ctrl-C does. Only the main thread can install handlers; elsewhere the defaults stay."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 def run(config: RunConfig, reporter: Reporter | None = None, argv: list[str] | None = None) -> RunSummary:
-    """Explain every image with every method; write maps, overlays, manifest and run.json."""
+    """Explain every image with every method; write maps, overlays, the journal, and (without shards) the
+    merged manifest and run.json. A sharded run leaves its journal and run file in OUT/parts for ``merge``."""
     reporter = reporter or SilentReporter()
     started = time.time()
     job = plan_job(config, reporter)
     loaded_at = time.time()
-    writer = outputs.OutputWriter(config.out)
-    todo = _pending_images(job, writer)
+    writer = outputs.OutputWriter(config.out, shard=config.shard, keys={item.key for item in job.items})
     interrupted = False
-    reporter.start(len(job.items))
-    reporter.advance(len(job.items) - len(todo))
+    todo: list[int] = []
     try:
-        _explain(job, todo, writer, reporter)
+        with _signals_as_interrupts():
+            todo = _pending_images(job, writer)
+            reporter.start(len(job.items))
+            reporter.advance(len(job.items) - len(todo))
+            _explain(job, todo, writer, reporter)
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
         writer.close()
         reporter.finish()
-        writer.write_manifest()
         finished = time.time()
         counts = {s: 0 for s in ("ok", "error", "skipped")}
         errors = []
@@ -118,12 +156,15 @@ def run(config: RunConfig, reporter: Reporter | None = None, argv: list[str] | N
             if rec["status"] == "error":
                 errors.append({"image": rec["image"], "method": rec["method"], "error": rec["error"]})
         computed = len(todo)
-        timings = {"started": started, "seconds": round(finished - started, 3),
+        timings = {"started": started, "finished": finished, "seconds": round(finished - started, 3),
                    "setup_seconds": round(loaded_at - started, 3),
                    "images_per_second": round(computed / max(finished - loaded_at, 1e-9), 3) if computed else None}
         info = provenance.run_info(job.resolved, job.settings, images=len(job.items), workers=job.workers,
                                    counts=counts, timings=timings, argv=argv, interrupted=interrupted)
-        writer.write_run_json(info, config.shard)
+        writer.write_run_part(info)
+        if config.shard is None:  # one process owns OUT: merge now; shards are merged by `salcli merge`
+            writer.write_manifest()
+            writer.write_run_json(info, None)
     return RunSummary(str(config.out), counts, len(job.items), round(time.time() - started, 3),
                       str(job.resolved.device), errors)
 
@@ -133,9 +174,10 @@ def _pending_images(job: Job, writer: outputs.OutputWriter) -> list[int]:
     todo = []
     overwrite = job.resolved.config.overwrite
     for index, item in enumerate(job.items):
+        job.content[item.key] = content = _content(item)
         pending = False
         for m in job.resolved.methods:
-            prev = None if overwrite else writer.done_before(item.key, m.name, job.settings[m.name])
+            prev = None if overwrite else writer.done_before(item.key, m.name, job.settings[m.name], content)
             if prev is None:
                 pending = True
             else:
@@ -143,6 +185,16 @@ def _pending_images(job: Job, writer: outputs.OutputWriter) -> list[int]:
         if pending:
             todo.append(index)
     return todo
+
+
+def _content(item: images.ImageItem) -> dict[str, int]:
+    """What resume compares besides the settings: the file's size and modification time (a file replaced under
+    the same name is redone). An unreadable file gets nothing to compare, so it is never skipped."""
+    try:
+        st = item.path.stat()
+    except OSError:
+        return {"size": -1, "mtime_ns": -1}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _explain(job: Job, todo: list[int], writer: outputs.OutputWriter, reporter: Reporter) -> None:
@@ -159,11 +211,12 @@ def _explain(job: Job, todo: list[int], writer: outputs.OutputWriter, reporter: 
         for bad in batch["errors"]:
             for m in resolved.methods:
                 writer.add(provenance.record(bad["key"], m.name, job.settings[m.name], status="error",
-                                             error=bad["error"]))
+                                             error=bad["error"], **job.content.get(bad["key"], {})))
         if batch["pixels"] is not None:
             _explain_batch(job, batch, writer)
         reporter.advance(len(batch["good"]) + len(batch["errors"]))
         writer.drain(wait_all=False)
+        writer.checkpoint()  # the journal is durable after every batch: a kill loses at most the next one
         if trim is not None and number % 32 == 0:
             trim(0)  # hand freed heap pages back, so the RSS of a long run stays flat
 
@@ -196,7 +249,8 @@ def _explain_batch(job: Job, batch: dict, writer: outputs.OutputWriter) -> None:
     except ModelFailure as exc:  # the batch fails, the run goes on
         for m in resolved.methods:
             for i in pending[m.name]:
-                writer.add(provenance.record(keys[i], m.name, job.settings[m.name], status="error", error=str(exc)))
+                writer.add(provenance.record(keys[i], m.name, job.settings[m.name], status="error", error=str(exc),
+                                             **job.content[keys[i]]))
         return
     facts = result.facts(resolved.labels)
     sources = {g["key"]: str(job.items[g["index"]].path.resolve()) for g in good}
@@ -205,14 +259,16 @@ def _explain_batch(job: Job, batch: dict, writer: outputs.OutputWriter) -> None:
         failure = result.failures.get(m.name)
         for i in sorted(set(pending[m.name]) - set(done)):
             writer.add(provenance.record(keys[i], m.name, job.settings[m.name], status="error",
-                                         error=f"{m.name} failed: {type(failure).__name__}: {failure}", **facts[i]))
+                                         error=f"{m.name} failed: {type(failure).__name__}: {failure}", **facts[i],
+                                         **job.content[keys[i]]))
         if not done:
             continue
         saliency = result.maps[m.name].numpy()
         extras = result.extras.get(m.name, {})
         for row, i in enumerate(done):
             rec = provenance.record(keys[i], m.name, job.settings[m.name], status="ok", error=None, **facts[i],
-                                    source=sources[keys[i]], **{n: values[row] for n, values in extras.items()})
+                                    source=sources[keys[i]], **job.content[keys[i]],
+                                    **{n: values[row] for n, values in extras.items()})
             writer.submit(rec, saliency[row], _renderer(resolved.config, good[i]["pixels"], saliency[row], facts[i]))
 
 

@@ -72,10 +72,14 @@ def resolve(config: RunConfig, reporter=None, *, default_batch: int | None = Non
     return Resolved(config, preprocess, labels, loaded, device, target, batch_size, explainer)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, env=None) -> torch.device:
+    """The device ``name`` names. ``auto`` and a plain ``cuda`` take this process's own GPU when a launcher ran
+    several processes on the node and more than one GPU is visible: ``cuda:{LOCAL_RANK % device_count}``
+    (torchrun's ``LOCAL_RANK``, else Slurm's ``SLURM_LOCALID``), made the current device so that nothing
+    lands on GPU 0 by default. One visible GPU (Slurm's per-task GPU binding) or ``cuda:N`` is used as is."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return _local_cuda(env)
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -86,9 +90,24 @@ def resolve_device(name: str) -> torch.device:
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= torch.cuda.device_count():
             raise UsageError(f"{flag} {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        if name == "cuda":
+            return _local_cuda(env)
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError(f"{flag} mps: MPS is not available here; use cpu or auto")
     return torch.device(name)
+
+
+def _local_cuda(env=None) -> torch.device:
+    import os
+
+    env = os.environ if env is None else env
+    local = next((env[k].strip() for k in ("LOCAL_RANK", "SLURM_LOCALID") if env.get(k, "").strip()), None)
+    count = torch.cuda.device_count()
+    if local is None or not local.isdigit() or count <= 1:
+        return torch.device("cuda")
+    device = torch.device("cuda", int(local) % count)
+    torch.cuda.set_device(device)
+    return device
 
 
 def resolve_target(text: Any, labels: tuple[str, ...] | None, num_classes: int) -> int | None:

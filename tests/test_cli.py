@@ -124,9 +124,18 @@ def test_shards_are_disjoint_and_merge(cli, images_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     s1 = json.loads(cli("explain", images_dir, "-o", out, *TINY_OPTS, "--json").stdout)
-    assert s0["images"] == 3 and s1["images"] == 3
+    assert s0["images"] + s1["images"] == 6
+    # shards share no file: each journals into OUT/parts; `merge` combines them afterwards
+    assert not (out / "manifest.jsonl").exists() and not (out / "run.json").exists()
+    assert sorted(p.name for p in (out / "parts").iterdir()) == [
+        "manifest-00000-of-00002.jsonl", "manifest-00001-of-00002.jsonl", "run-00000-of-00002.json",
+        "run-00001-of-00002.json"]
+    cli("verify", out)  # the parts alone account for every image
+    cli("merge", out)
     assert sorted(r["image"] for r in manifest(out)) == [f"img{i:02d}.png" for i in range(6)]
-    assert set(json.loads((out / "run.json").read_text())["shards"]) == {"0/2", "1/2"}
+    run = json.loads((out / "run.json").read_text())
+    assert set(run["shards"]) == {"00000-of-00002", "00001-of-00002"} and run["counts"]["ok"] == 6
+    assert run["images"] == 6
 
 
 def test_device_and_batch_size(cli, images_dir, tmp_path):
@@ -194,7 +203,7 @@ def test_readme_documents_every_command_and_option():
             for opt in param.opts:
                 if opt.startswith("--") and opt != "--help":
                     assert opt in readme, f"option {opt} of {name} missing from README"
-    for code in ("| 0 |", "| 1 |", "| 2 |", "| 3 |", "| 130 |"):
+    for code in ("| 0 |", "| 1 |", "| 2 |", "| 3 |", "| 4 |", "| 130 / 143 / 129 |"):
         assert code in readme
 
 

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, manifest
-from salcli.config import Preprocess, RunConfig, build_config, parse_param, parse_shard
+from salcli.config import SHARD_ENV, Preprocess, RunConfig, build_config, parse_param, parse_shard
 from salcli.errors import UsageError
-
-SHARD_ENV = ("RANK", "WORLD_SIZE", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN")
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +41,7 @@ def test_parse_param_bad(text):
 # ---------------------------------------------------------------------------------------------- shards
 @pytest.mark.parametrize("text,want", [("1/4", (1, 4)), ("0/1", (0, 1)), ("3/4", (3, 4))])
 def test_parse_shard_text(text, want):
-    assert parse_shard(text, env={}) == want
+    assert parse_shard(text, env={}).pair == want
 
 
 @pytest.mark.parametrize("text", ["4/4", "x", "-1/4", "1/0", "1/4/5", "1-4", "", "a/b"])
@@ -53,19 +51,22 @@ def test_parse_shard_bad(text):
 
 
 def test_parse_shard_from_torchrun_env():
-    assert parse_shard(None, env={"RANK": "1", "WORLD_SIZE": "3"}) == (1, 3)
+    assert parse_shard(None, env={"RANK": "1", "WORLD_SIZE": "3"}).pair == (1, 3)
     assert parse_shard(None, env={"RANK": "0", "WORLD_SIZE": "1"}) is None  # one process: no sharding
 
 
 def test_parse_shard_from_slurm_array():
-    env = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "4"}
-    assert parse_shard(None, env=env) == (1, 3)
-    assert parse_shard(None, env={"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3"}) == (2, 3)
+    env = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "4",
+           "SLURM_ARRAY_TASK_MAX": "6"}
+    assert parse_shard(None, env=env).pair == (1, 3)
+    env = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "0",
+           "SLURM_ARRAY_TASK_MAX": "2"}
+    assert parse_shard(None, env=env).pair == (2, 3)
 
 
 def test_parse_shard_no_env_and_text_wins():
     assert parse_shard(None, env={}) is None
-    assert parse_shard("0/2", env={"RANK": "1", "WORLD_SIZE": "3"}) == (0, 2)
+    assert parse_shard("0/2", env={"RANK": "1", "WORLD_SIZE": "3"}).pair == (0, 2)
 
 
 # ---------------------------------------------------------------------------------------------- presets

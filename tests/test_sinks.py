@@ -155,7 +155,8 @@ def test_the_writer_defaults_to_files_and_names_the_format_in_run_json(tmp_path)
     w.write_run_json({"seed": 0}, None)
     assert json.loads((tmp_path / "run.json").read_text())["format"] == "files"
     assert w.records[("a.png", "vanilla")]["npy"] == "vanilla/a.png.npy"
-    assert outputs.OutputWriter(tmp_path).done_before("a.png", "vanilla", SETTINGS) is None  # no manifest yet
+    # no manifest yet: the journal alone (written at close) makes the record resumable
+    assert outputs.OutputWriter(tmp_path).done_before("a.png", "vanilla", SETTINGS) is not None
 
 
 # -- a throwaway sink: the writer and the report go through the sink, never around it
@@ -207,7 +208,8 @@ def test_resume_asks_the_sink(memory, tmp_path):
     w.close()
     w.write_manifest()
     w.write_run_json({"seed": 0}, None)
-    assert files_under(tmp_path) == [".salcli.lock", "manifest.jsonl", "run.json"]  # no .npy, no .png
+    assert files_under(tmp_path) == [".salcli.lock", "manifest.jsonl", "parts/manifest-00000-of-00001.jsonl",
+                                     "run.json"]  # no .npy, no .png
     assert json.loads((tmp_path / "run.json").read_text())["format"] == "memtest"
     recs = {r["image"]: r for r in outputs.read_manifest(tmp_path)}
     assert recs["a.png"]["npy"] == "mem:vanilla/a.png" and recs["a.png"]["overlay"] is None

@@ -115,7 +115,11 @@ def locked(out: Path) -> Iterator[None]:
     """An exclusive lock on OUT/.salcli.lock for read-merge-write of shared files."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".salcli.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError:  # ENOSYS on Lustre noflock, ENOLCK on NFS nolock: no process shares a file without it
+            yield
+            return
         try:
             yield
         finally:
@@ -123,15 +127,11 @@ def locked(out: Path) -> Iterator[None]:
 
 
 def read_manifest(out: Path) -> list[dict[str, Any]]:
-    """The manifest's records; unreadable lines are ignored (the file is always written whole)."""
-    path = out / MANIFEST
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            records.append(json.loads(line))
-    return records
+    """The run's records, sorted by (image, method): the last one of each over OUT/manifest.jsonl and every
+    journal in OUT/parts/ (so a sharded run reads whole before ``salcli merge``); a line cut short is ignored."""
+    from . import journal
+
+    return [json.loads(line) for line in journal.merged_lines(journal.sources(out, out / MANIFEST))]
 
 
 def _dumps(obj: Any) -> str:
@@ -169,23 +169,34 @@ class OutputWriter:
     ``previous`` maps (image, method) to the last manifest record for resume decisions.
     """
 
-    def __init__(self, out: Path, threads: int = 2, sink: str = "files") -> None:
-        self.out = out
+    def __init__(self, out: Path, threads: int = 2, sink: str = "files", shard: tuple[int, int] | None = None,
+                 keys: set[str] | None = None) -> None:
+        from . import journal
+
+        self.out, self.shard = out, shard
         self.sink = sinks.get(sink)(out)  # an unknown name fails before anything is created
         out.mkdir(parents=True, exist_ok=True)
-        self.previous = {(r.get("image"), r.get("method")): r for r in read_manifest(out)}
+        # the last record of every (image, method) of this run's images, from the merged manifest and the parts
+        self.previous = {k: json.loads(line)
+                         for k, line in journal.latest(journal.sources(out, out / MANIFEST), keys).items()}
         self.records = RecordStore()
+        self.journal = journal.Journal(journal.manifest_part(out, shard))
+        self._fresh: list[tuple[str, str]] = []  # records of this run not yet in the journal
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="salcli-writer")
         self._pending: list[tuple[Future, dict[str, Any]]] = []
 
     # -- resume
-    def done_before(self, key: str, method: str, settings: str) -> dict[str, Any] | None:
-        """The earlier record if (key, method) was written whole with the same settings, else None.
+    def done_before(self, key: str, method: str, settings: str,
+                    content: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """The earlier record if (key, method) was written whole with the same settings from the same image
+        content (``content``: the image file's ``size`` and ``mtime_ns`` now), else None.
 
         Whole means what the sink says (``Sink.complete``): for ``files``, both files still exist."""
         rec = self.previous.get((key, method))
         if not rec or rec.get("status") not in ("ok", "skipped") or rec.get("settings") != settings:
             return None
+        if content is not None and any(rec.get(k) != v for k, v in content.items()):
+            return None  # the file was replaced under the same name: redo it
         return rec if self.sink.complete(rec) else None
 
     # -- writing
@@ -216,23 +227,41 @@ class OutputWriter:
         self._pending = keep
 
     def add(self, record: dict[str, Any]) -> None:
-        self.records[(record["image"], record["method"])] = record
+        key = (record["image"], record["method"])
+        self.records[key] = record
+        self._fresh.append(key)
+
+    def checkpoint(self) -> None:
+        """Append the records finished since the last checkpoint to this run's journal, durably (fsync)."""
+        fresh, self._fresh = self._fresh, []
+        self.journal.append(self.records.line(k) for k in fresh)
 
     def close(self) -> None:
-        """Wait for every write, then close the sink (a packed sink flushes its part files here)."""
+        """Wait for every write, journal the last records, then close the sink (a packed sink flushes its part
+        files here)."""
         self.drain(wait_all=True)
         self._pool.shutdown(wait=True)
+        self.checkpoint()
+        self.journal.close()
         self.sink.close()
 
     # -- shared files
     def write_manifest(self) -> None:
-        """Merge this run's records into OUT/manifest.jsonl (other images' lines are kept), sorted."""
-        with locked(self.out):
-            previous = {(r.get("image"), r.get("method")): r for r in read_manifest(self.out)}
-            keys = set(previous) | set(self.records)
-            with atomic_path(self.out / MANIFEST) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-                for k in sorted(keys, key=lambda k: (str(k[0]), str(k[1]))):  # line by line: no big string
-                    fh.write((self.records.line(k) if k in self.records else _dumps(previous[k])) + "\n")
+        """OUT/manifest.jsonl: the last record of every (image, method) over the merged manifest and every
+        journal, sorted, streamed in bounded memory (``journal.merged_lines``)."""
+        self.checkpoint()
+        write_merged_manifest(self.out)
+
+    def write_run_part(self, info: dict[str, Any]) -> None:
+        """OUT/parts/run-<I>-of-<N>.json: this run's (or shard's) own run file, whole or not at all: settings,
+        counts, host, start and end, complete or not (an interrupted run is not)."""
+        import socket
+
+        from . import journal
+
+        doc = {"schema_version": SCHEMA_VERSION, **info, "format": self.sink.name, "shard": self.shard,
+               "host": socket.gethostname(), "pid": os.getpid(), "complete": not info.get("interrupted")}
+        write_json(journal.run_part(self.out, self.shard), doc)
 
     def write_run_json(self, info: dict[str, Any], shard: tuple[int, int] | None) -> None:
         """OUT/run.json, with the sink's name as ``format``; with shards, each shard's summary is kept under
@@ -250,6 +279,18 @@ class OutputWriter:
             buf = io.StringIO()
             json.dump(doc, buf, indent=2, ensure_ascii=False, default=str)
             write_bytes(path, (buf.getvalue() + "\n").encode("utf-8"))
+
+
+def write_merged_manifest(out: Path) -> int:
+    """Stream the manifest and the parts into OUT/manifest.jsonl; returns the number of records."""
+    from . import journal
+
+    n = 0
+    with atomic_path(out / MANIFEST) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for line in journal.merged_lines(journal.sources(out, out / MANIFEST)):
+            fh.write(line + "\n")
+            n += 1
+    return n
 
 
 def read_run_json(out: Path) -> dict[str, Any]:
