@@ -156,6 +156,9 @@ def explain(
                                         "(printed on stderr)."),
     no_shard: bool = typer.Option(False, "--no-shard", help="Ignore torchrun's and Slurm's variables: this "
                                   "process takes every image."),
+    max_failures: Optional[str] = typer.Option(None, "--max-failures", help="Failed (image, method) records "
+                                               "allowed before exit 1: a count, or a percentage such as 5%. "
+                                               "[default: 0]", show_default=False),
     files_from: Optional[Path] = typer.Option(None, "--files-from", help="Read the inputs from LIST (- for "
                                               "stdin), one path per line (blank lines and # comments ignored), "
                                               "instead of walking INPUT folders.", metavar="LIST"),
@@ -164,8 +167,9 @@ def explain(
 ) -> None:
     """Explain every image with each method: write OUT/<method>/<image>.npy and .png, manifest.jsonl, run.json.
 
-    Exit codes: 0 all explained or skipped; 1 some images failed (the manifest says which); 2 usage error;
-    3 model could not be loaded; 130 interrupted (rerun the same command to resume).
+    Exit codes: 0 all explained or skipped (or no more failures than --max-failures); 1 some images failed (the
+    manifest says which); 2 usage error; 3 model could not be loaded; 130/143/129 interrupted by SIGINT/SIGTERM/
+    SIGHUP (rerun the same command to resume).
     """
     cli = {"inputs": inputs, "out": out, "model": model, "weights": weights,
            "trust_checkpoint": trust_checkpoint or None, "config_file": config_file, "resize": resize,
@@ -174,7 +178,7 @@ def explain(
            "chunk": chunk, "workers": workers, "precision": precision, "optimize": optimize, "seed": seed,
            "colormap": colormap, "alpha": alpha,
            "overwrite": overwrite or None, "shard": shard, "no_shard": no_shard or None,
-           "files_from": files_from, "json": as_json or None, "quiet": quiet or None}
+           "files_from": files_from, "max_failures": max_failures, "json": as_json or None, "quiet": quiet or None}
     try:
         config = build_config(cli)
         from .pipeline import run

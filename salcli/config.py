@@ -82,6 +82,7 @@ class RunConfig:
     shard: tuple[int, int] | None = None
     shard_source: str | None = None  # where ``shard`` came from, in words (see ``parse_shard``)
     no_shard: bool = False  # ignore torchrun's and Slurm's variables: one process takes every image
+    max_failures: str = "0"  # failed (image, method) records allowed before exit 1: a count, or "P%" of them
     files_from: Path | None = None  # a list of inputs, one per line ('-': stdin), instead of INPUT...
     json: bool = False
     quiet: bool = False
@@ -125,7 +126,7 @@ TOML_KEYS: dict[str, type | tuple[type, ...]] = {
     "model": str, "weights": str, "trust_checkpoint": bool, "labels": (str, list), "methods": list,
     "method": (str, list),
     "target": (str, int), "layer": str, "device": str, "batch_size": (int, str), "chunk": (int, str),
-    "workers": int, "precision": str, "optimize": bool,
+    "workers": int, "precision": str, "optimize": bool, "max_failures": (int, str),
     "seed": int, "colormap": str, "alpha": (int, float), "preprocess": dict, "description": str,
 }
 
@@ -310,6 +311,26 @@ def _slurm_array(env: Any) -> Shard | None:
                      f"evenly spaced, and Slurm does not say their order; {explicit}")
 
 
+def parse_max_failures(value: str | int) -> str:
+    """``N`` (failed records allowed) or ``P%`` (percent of the run's records); checked, kept as text."""
+    text = str(value).strip()
+    number = text[:-1] if text.endswith("%") else text
+    try:
+        ok = float(number) >= 0 and (text.endswith("%") or float(number).is_integer())
+    except ValueError:
+        ok = False
+    if not ok or (text.endswith("%") and float(number) > 100):
+        raise UsageError(f"{setting('max_failures')} takes a count such as 10 or a percentage such as 5%; got '{text}'")
+    return text
+
+
+def failures_allowed(max_failures: str, records: int) -> float:
+    """How many failed records ``max_failures`` allows out of ``records``."""
+    if max_failures.endswith("%"):
+        return float(max_failures[:-1]) / 100.0 * records
+    return float(max_failures)
+
+
 def parse_batch_size(value: str | int, option: str = setting("batch_size")) -> int | str:
     if isinstance(value, int) or str(value).isdigit():
         if int(value) < 1:
@@ -379,6 +400,7 @@ def build_overrides(cli: dict[str, Any]) -> tuple[RunConfig, frozenset[str]]:
     if "labels" in values and isinstance(values["labels"], Path):
         values["labels"] = str(values["labels"])
     values["batch_size"] = parse_batch_size(values.get("batch_size", "auto"))
+    values["max_failures"] = parse_max_failures(values.get("max_failures", "0"))
     values["chunk"] = parse_batch_size(values.get("chunk", "auto"), setting("chunk"))
     values["device"] = check_device(values.get("device", "auto"))
     if values.get("precision", "fp32") not in ("fp32", "bf16"):

@@ -49,10 +49,14 @@ class RunSummary:
     seconds: float
     device: str
     errors: list[dict[str, str]] = field(default_factory=list)
+    max_failures: str = "0"  # failed records allowed before exit 1 (``--max-failures``)
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.counts.get("error", 0) else 0
+        from .config import failures_allowed
+
+        failed = self.counts.get("error", 0)
+        return 1 if failed and failed > failures_allowed(self.max_failures, sum(self.counts.values())) else 0
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "exit_code": self.exit_code}
@@ -166,7 +170,7 @@ def run(config: RunConfig, reporter: Reporter | None = None, argv: list[str] | N
             writer.write_manifest()
             writer.write_run_json(info, None)
     return RunSummary(str(config.out), counts, len(job.items), round(time.time() - started, 3),
-                      str(job.resolved.device), errors)
+                      str(job.resolved.device), errors, config.max_failures)
 
 
 def _pending_images(job: Job, writer: outputs.OutputWriter) -> list[int]:

@@ -60,6 +60,7 @@ def uninterrupted(many, tmp_path_factory) -> dict:
     return outcome(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 143)])
 def test_a_killed_run_resumes_recomputing_at_most_one_batch(many, tmp_path, uninterrupted, sig, code):
     out = tmp_path / "out"
@@ -171,3 +172,14 @@ def test_files_from_stdin_freezes_the_inputs_and_verify_rereads_the_list(images_
     both = CliRunner().invoke(app, ["explain", str(images_dir), "--files-from", "-", "-o", str(tmp_path / "b"),
                                     *TINY_OPTS], input=listed[0])
     assert both.exit_code == 2 and "not both" in both.stderr
+
+
+def test_evaluate_and_report_read_the_journals_before_a_merge(cli, images_dir, tmp_path):
+    out = tmp_path / "out"
+    for i in range(2):
+        cli("explain", images_dir, "-o", out, *TINY_OPTS, "--shard", f"{i}/2", "-q")
+    assert not (out / "run.json").exists()
+    doc = json.loads(cli("evaluate", out, "--steps", 4, "--no-stability", "--json").stdout)
+    assert {r["method"]: r["images"] for r in doc["methods"]} == {"vanilla": 6, "random": 6}
+    cli("report", out, "-q")
+    assert (out / "report.html").read_text().count('class="ov"') == 6

@@ -294,13 +294,18 @@ def write_merged_manifest(out: Path) -> int:
 
 
 def read_run_json(out: Path) -> dict[str, Any]:
-    """OUT/run.json of a finished run; a clear usage error when there is none."""
+    """OUT/run.json of a finished run, or before ``salcli merge`` the first shard's run file (the settings are
+    the same in every shard); a clear usage error when there is neither."""
     from ..errors import UsageError
+    from . import journal
 
     path = out / RUN_JSON
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        parts = journal.read_run_parts(out)
+        if parts:
+            return parts[0]
         raise UsageError(f"{out} holds no run.json: give the output folder of a salcli explain run") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path} is not valid JSON ({exc})") from None
