@@ -262,24 +262,23 @@ def _env_int(env: Any, name: str) -> int | None:
                          f"{setting('shard')} I/N or {setting('no_shard')}") from None
 
 
-def _torchrun(env: Any) -> Shard | None:
-    rank, world = _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE")
-    if rank is None or world is None or world <= 1:
+def _ranked(env: Any, rank_var: str, size_var: str, launcher: str) -> Shard | None:
+    """A process's rank among a launcher's processes (only when there is more than one)."""
+    rank, size = _env_int(env, rank_var), _env_int(env, size_var)
+    if rank is None or size is None or size <= 1:
         return None
-    if not 0 <= rank < world:
-        raise UsageError(f"RANK={rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={world}); pass {setting('shard')} "
+    if not 0 <= rank < size:
+        raise UsageError(f"{rank_var}={rank} is outside 0..{size_var}-1 ({size}); pass {setting('shard')} "
                          "I/N to choose the slice")
-    return Shard(rank, world, f"torchrun RANK={rank} WORLD_SIZE={world}")
+    return Shard(rank, size, f"{launcher} {rank_var}={rank} {size_var}={size}")
+
+
+def _torchrun(env: Any) -> Shard | None:
+    return _ranked(env, "RANK", "WORLD_SIZE", "torchrun")
 
 
 def _srun(env: Any) -> Shard | None:
-    proc, tasks = _env_int(env, "SLURM_PROCID"), _env_int(env, "SLURM_STEP_NUM_TASKS")
-    if proc is None or tasks is None or tasks <= 1:
-        return None
-    if not 0 <= proc < tasks:
-        raise UsageError(f"SLURM_PROCID={proc} is outside 0..SLURM_STEP_NUM_TASKS-1 ({tasks}); pass "
-                         f"{setting('shard')} I/N to choose the slice")
-    return Shard(proc, tasks, f"srun SLURM_PROCID={proc} SLURM_STEP_NUM_TASKS={tasks}")
+    return _ranked(env, "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "srun")
 
 
 def _slurm_array(env: Any) -> Shard | None:
