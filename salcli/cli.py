@@ -156,6 +156,9 @@ def explain(
                                         "(printed on stderr)."),
     no_shard: bool = typer.Option(False, "--no-shard", help="Ignore torchrun's and Slurm's variables: this "
                                   "process takes every image."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Folder the image keys (output names, seeds, shards) "
+                                        "are relative to. [default: the deepest folder holding every input]",
+                                        show_default=False),
     max_failures: Optional[str] = typer.Option(None, "--max-failures", help="Failed (image, method) records "
                                                "allowed before exit 1: a count, or a percentage such as 5%. "
                                                "[default: 0]", show_default=False),
@@ -178,7 +181,7 @@ def explain(
            "chunk": chunk, "workers": workers, "precision": precision, "optimize": optimize, "seed": seed,
            "colormap": colormap, "alpha": alpha,
            "overwrite": overwrite or None, "shard": shard, "no_shard": no_shard or None,
-           "files_from": files_from, "max_failures": max_failures, "json": as_json or None, "quiet": quiet or None}
+           "files_from": files_from, "root": root, "max_failures": max_failures, "json": as_json or None, "quiet": quiet or None}
     try:
         config = build_config(cli)
         from .pipeline import run

@@ -84,6 +84,7 @@ class RunConfig:
     no_shard: bool = False  # ignore torchrun's and Slurm's variables: one process takes every image
     max_failures: str = "0"  # failed (image, method) records allowed before exit 1: a count, or "P%" of them
     files_from: Path | None = None  # a list of inputs, one per line ('-': stdin), instead of INPUT...
+    root: Path | None = None  # keys are relative to this folder (default: the deepest folder holding every input)
     json: bool = False
     quiet: bool = False
     config_file: Path | None = None
@@ -94,6 +95,7 @@ class RunConfig:
         d["out"] = str(self.out) if self.out else None
         d["config_file"] = str(self.config_file) if self.config_file else None
         d["files_from"] = str(self.files_from) if self.files_from else None
+        d["root"] = str(self.root) if self.root else None
         return d
 
     @classmethod
@@ -105,7 +107,7 @@ class RunConfig:
         for key in ("inputs", "methods"):
             if key in values:
                 values[key] = tuple(Path(p) for p in values[key]) if key == "inputs" else tuple(values[key])
-        for key in ("out", "config_file", "files_from"):
+        for key in ("out", "config_file", "files_from", "root"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         if isinstance(values.get("labels"), list):

@@ -35,7 +35,7 @@ class ImageError(Exception):
 
 # ---------------------------------------------------------------------------------------------- discovery
 def discover(inputs: list[Path] | tuple[Path, ...], exclude: Path | None = None, *,
-             listed: bool = False) -> list[ImageItem]:
+             listed: bool = False, root: Path | None = None) -> list[ImageItem]:
     """Image files under ``inputs`` (files and folders, recursive), sorted by relative path.
 
     Keys are relative to the deepest folder holding every input (a folder input counts as itself; a file
@@ -47,6 +47,10 @@ def discover(inputs: list[Path] | tuple[Path, ...], exclude: Path | None = None,
     ``listed``: the inputs come from a file list (``read_file_list``): a listed file that is missing, or whose
     extension is not an image's, is kept (its decoding fails and becomes that image's error record) instead
     of stopping the run; its key is computed as for a file given on the command line.
+
+    ``root``: the folder keys are relative to, instead of the deepest common one, so that the same file gets
+    the same key whatever else is on the command line (``find | xargs salcli explain --root DIR`` on two
+    nights); every input must be inside it.
     """
     if not inputs:
         raise UsageError("give at least one image file or folder")
@@ -65,6 +69,11 @@ def discover(inputs: list[Path] | tuple[Path, ...], exclude: Path | None = None,
             raise UsageError(f"input not found: {p}")
         roots.append(root_of(p))
     base = Path(os.path.commonpath([str(r) for r in roots]))
+    if root is not None:
+        base = root.resolve()
+        outside = [str(p) for p, r in zip(inputs, roots) if not r.is_relative_to(base)]
+        if outside:
+            raise UsageError(f"{outside[0]} is not inside {setting('root')} {root}; keys are paths relative to it")
     files: dict[Path, Path] = {}  # resolved file -> path as found
     direct: dict[Path, str] = {}  # listed files -> key
     seen_dirs: set[Path] = {exclude.resolve()} if exclude is not None else set()

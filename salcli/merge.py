@@ -80,7 +80,7 @@ def verify(out: Path, files_from: Path | None = None) -> list[str]:
         raise UsageError(f"the run read its inputs from standard input; give the list again with "
                          f"{setting('files_from')}")
     paths = images.read_file_list(listed) if listed is not None else list(config.inputs)
-    expected = {i.key for i in images.discover(paths, exclude=out, listed=listed is not None)}
+    expected = {i.key for i in images.discover(paths, exclude=out, listed=listed is not None, root=config.root)}
     methods = list(dict.fromkeys(m for doc in parts for m in (doc.get("methods") or {})))
     records = {(r["image"], r["method"]): r for r in outputs.read_manifest(out)}
     problems = []

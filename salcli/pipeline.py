@@ -81,7 +81,7 @@ def plan_job(config: RunConfig, reporter: Reporter) -> Job:
     if listed and config.inputs:
         raise UsageError(f"give the inputs as arguments or with {setting('files_from')}, not both")
     paths = images.read_file_list(config.files_from) if listed else list(config.inputs)
-    items = images.discover(paths, exclude=config.out, listed=listed)
+    items = images.discover(paths, exclude=config.out, listed=listed, root=config.root)
     if config.shard is not None:
         items = images.shard(items, *config.shard)
         reporter.note(f"shard {config.shard[0]}/{config.shard[1]} ({config.shard_source}): {len(items)} image(s)")

@@ -88,3 +88,21 @@ def test_max_failures_moves_the_bar(cli, folder, tmp_path):
     cli(*args, "-o", tmp_path / "c", "--max-failures", "10%")  # 1 of 11 records is 9%
     cli(*args, "-o", tmp_path / "d", "--max-failures", "5%", expect=1)
     assert "--max-failures takes" in cli(*args, "-o", tmp_path / "e", "--max-failures", "x", expect=2).stderr
+
+
+def test_root_gives_a_file_the_same_key_whatever_shares_the_command_line(cli, tmp_path):
+    for sub in ("a", "b/c"):
+        write_images(tmp_path / "data" / sub, n=2, size=16)
+    one, two = tmp_path / "data" / "a" / "img00.png", tmp_path / "data" / "b" / "c" / "img01.png"
+
+    def keys(*inputs, extra=()):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        cli("explain", *inputs, "-o", out, *TINY_OPTS, *extra, "-q")
+        return sorted(r["image"] for r in manifest(out))
+
+    assert keys(one) == ["img00.png"] and keys(one, two) == ["a/img00.png", "b/c/img01.png"]  # without --root
+    root = ["--root", tmp_path / "data"]
+    assert keys(one, extra=root) == ["a/img00.png"]  # an xargs batch holding one file: the same key as below
+    assert keys(one, two, extra=root) == ["a/img00.png", "b/c/img01.png"]
+    assert "not inside --root" in cli("explain", one, "-o", tmp_path / "x", *TINY_OPTS, "--root",
+                                      tmp_path / "data" / "b", expect=2).stderr
