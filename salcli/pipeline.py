@@ -169,6 +169,7 @@ def run(config: RunConfig, reporter: Reporter | None = None, argv: list[str] | N
         if config.shard is None:  # one process owns OUT: merge now; shards are merged by `salcli merge`
             writer.write_manifest()
             writer.write_run_json(info, None)
+            writer.drop_journal()  # the manifest holds its records now
     return RunSummary(str(config.out), counts, len(job.items), round(time.time() - started, 3),
                       str(job.resolved.device), errors, config.max_failures)
 

@@ -252,6 +252,11 @@ class OutputWriter:
         self.checkpoint()
         write_merged_manifest(self.out)
 
+    def drop_journal(self) -> None:
+        """Remove this run's journal once the merged manifest holds its records (a single-process run, at its
+        end), so that nightly reruns of one folder do not grow it; other shards' journals are never touched."""
+        self.journal.path.unlink(missing_ok=True)
+
     def write_run_part(self, info: dict[str, Any]) -> None:
         """OUT/parts/run-<I>-of-<N>.json: this run's (or shard's) own run file, whole or not at all: settings,
         counts, host, start and end, complete or not (an interrupted run is not)."""
