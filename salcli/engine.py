@@ -66,7 +66,7 @@ def auto_chunk(batch_size: int, preprocess: Preprocess, device: torch.device) ->
     return int(min(1024, max(8, 2 ** int(np.log2(max(1, 1_204_224 // values))))))
 
 
-def _as_methods(chosen, params: dict[str, dict[str, Any]] | None) -> list[registry.Method]:
+def make_methods(chosen, params: dict[str, dict[str, Any]] | None) -> list[registry.Method]:
     params = params or {}
     for name in params:
         registry.get(name)  # an unknown method given parameters is an error, even if not selected
@@ -115,15 +115,10 @@ class Explainer:
                  device: torch.device | str | None = None,
                  references: dict[str, torch.Tensor] | None = None) -> None:
         self.model = model
-        self.methods = _as_methods(methods, params)
-        if preprocess is None and (mean is not None or std is not None):
-            if mean is None or std is None:
-                raise UsageError(f"give both {setting('mean')} and {setting('std')}, or neither")
-            preprocess = Preprocess(mean=tuple(mean), std=tuple(std), channels=len(tuple(mean)) if len(
-                tuple(mean)) in (1, 3) else 3, resize=1, crop=1)
-            self._size_known = False
-        else:
-            self._size_known = preprocess is not None
+        self.methods = make_methods(methods, params)
+        if (mean is None) != (std is None):
+            raise UsageError(f"give both {setting('mean')} and {setting('std')}, or neither")
+        self._mean, self._std = mean, std  # used when ``preprocess`` is None: the size comes with the first batch
         self.preprocess = preprocess
         self.layer_name = layer
         self.chunk_setting, self.batch_size = chunk, batch_size
@@ -138,7 +133,7 @@ class Explainer:
         for name, folder in self._folders.items():
             if name not in self.references and not Path(folder).is_dir():
                 raise UsageError(f"{name} references {folder!r}: no such folder; give a folder of reference images")
-        if self._size_known:
+        if preprocess is not None:
             self.prepare((preprocess.channels, preprocess.crop, preprocess.crop))
 
     # ------------------------------------------------------------------------------------------ set-up
@@ -165,10 +160,11 @@ class Explainer:
 
             self.layer = layers.resolve_layer(self.fast.module, self.layer.name, example)  # the same layer, folded
         pre = self.preprocess
-        if not self._size_known:  # mean/std only: the inputs are taken at the size they come in
-            pre = Preprocess(resize=shape[1], crop=shape[1], channels=shape[0], mean=pre.mean if pre else (0.0,),
-                             std=pre.std if pre else (1.0,))
-        self.preprocess, self._size_known = pre, True
+        if pre is None:  # mean/std only (or neither: pixels in [0, 1]): inputs are taken at the size they come in
+            pre = Preprocess(resize=shape[1], crop=shape[1], channels=shape[0],
+                             mean=tuple(self._mean) if self._mean is not None else (0.0,),
+                             std=tuple(self._std) if self._std is not None else (1.0,))
+        self.preprocess = pre
         if not isinstance(self.chunk_setting, int):
             self.chunk = auto_chunk(self.batch_size, pre, self.device)
         for name, folder in self._folders.items():
@@ -178,14 +174,11 @@ class Explainer:
     def with_model(self, model: nn.Module) -> "Explainer":
         """The same settings on another model of the same architecture (the sanity check's randomized copies);
         the layer is looked up by the name resolved on this one."""
-        known = self.preprocess if self._size_known else None
-        other = Explainer(model, self.methods, layer=self.layer.name if self.layer is not None else self.layer_name,
-                          preprocess=known, chunk=self.chunk if self.prepared else self.chunk_setting,
-                          batch_size=self.batch_size, precision=self.precision, optimize=self.optimize,
-                          seed=self.seed, device=self.device, references=self.references)
-        if known is None and self.preprocess is not None:
-            other.preprocess = self.preprocess  # mean/std only: the size comes with the first batch
-        return other
+        return Explainer(model, self.methods, layer=self.layer.name if self.layer is not None else self.layer_name,
+                         preprocess=self.preprocess, mean=self._mean, std=self._std,
+                         chunk=self.chunk if self.prepared else self.chunk_setting, batch_size=self.batch_size,
+                         precision=self.precision, optimize=self.optimize, seed=self.seed, device=self.device,
+                         references=self.references)
 
     # ------------------------------------------------------------------------------------------ calls
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from . import models, render
 from .config import Preprocess, RunConfig
-from .engine import Explainer
+from .engine import Explainer, make_methods
 from .errors import ModelLoadError, UsageError, did_you_mean, setting
 
 
@@ -43,9 +43,7 @@ def resolve(config: RunConfig, reporter=None, *, default_batch: int | None = Non
     """Resolve ``config``: load the model, check it against the labels and the target, build the engine.
 
     ``default_batch``: the batch size when the config says ``auto`` (None: sized to the input and device)."""
-    from .engine import _as_methods
-
-    chosen = _as_methods(config.methods, config.params)  # unknown methods and parameters fail first
+    chosen = make_methods(config.methods, config.params)  # unknown methods and parameters fail first
     render.colormap_lut(config.colormap)
     preprocess, labels, note = models.resolve_preset(config)
     if note and reporter is not None:

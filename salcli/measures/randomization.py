@@ -5,7 +5,7 @@ Lower is better: a faithful map changes when the model does. The cascade itself 
 
 from __future__ import annotations
 
-from . import LOWER, Batch, Measure, Metric, register
+from . import LOWER, Measure, Metric, register
 
 
 @register
@@ -20,6 +20,9 @@ class Randomization(Measure):
                vs_random=False, gate=False, command="sanity"),
     )
 
+    # No ``measure``: these metrics come from sanity's cascade, which calls ``compare``; evaluate never runs a
+    # sanity measure (``measures("evaluate")`` leaves it out).
+
     @staticmethod
     def compare(original, randomized) -> tuple[float, float]:
         """(Spearman, SSIM) of two (H, W) maps, on absolute values."""
@@ -29,6 +32,3 @@ class Randomization(Measure):
 
         a, b = np.abs(original), np.abs(randomized)
         return m.spearman(a, b), m.ssim(a, b)
-
-    def measure(self, batch: Batch) -> dict[str, list]:
-        raise NotImplementedError("the randomization measures are computed by salcli sanity's cascade")

@@ -177,8 +177,7 @@ class OutputWriter:
         self.sink = sinks.get(sink)(out)  # an unknown name fails before anything is created
         out.mkdir(parents=True, exist_ok=True)
         # the last record of every (image, method) of this run's images, from the merged manifest and the parts
-        self.previous = {k: json.loads(line)
-                         for k, line in journal.latest(journal.sources(out, out / MANIFEST), keys).items()}
+        self.previous = journal.latest(journal.sources(out, out / MANIFEST), keys)
         self.records = RecordStore()
         self.journal = journal.Journal(journal.manifest_part(out, shard))
         self._fresh: list[tuple[str, str]] = []  # records of this run not yet in the journal

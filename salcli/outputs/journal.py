@@ -68,6 +68,12 @@ def part_files(out: Path) -> list[Path]:
 
 def read_lines(path: Path) -> Iterator[tuple[tuple[str, str], str]]:
     """((image, method), line) for every whole record of a JSON-lines file, in file order."""
+    for key, line, _ in _records(path):
+        yield key, line
+
+
+def _records(path: Path) -> Iterator[tuple[tuple[str, str], str, dict]]:
+    """((image, method), line, record) for every whole record; a line cut short by a kill is skipped."""
     try:
         fh = open(path, encoding="utf-8")  # noqa: SIM115
     except FileNotFoundError:
@@ -82,7 +88,7 @@ def read_lines(path: Path) -> Iterator[tuple[tuple[str, str], str]]:
             except json.JSONDecodeError:
                 continue  # cut short by a kill
             if isinstance(rec, dict):
-                yield (str(rec.get("image")), str(rec.get("method"))), line
+                yield (str(rec.get("image")), str(rec.get("method"))), line, rec
 
 
 def sources(out: Path, manifest: Path) -> list[Path]:
@@ -90,13 +96,13 @@ def sources(out: Path, manifest: Path) -> list[Path]:
     return [manifest, *part_files(out)]
 
 
-def latest(paths: list[Path], keys: set | None = None) -> dict[tuple[str, str], str]:
-    """The last line per (image, method) over ``paths`` (only ``keys`` when given), as JSON text."""
-    found: dict[tuple[str, str], str] = {}
+def latest(paths: list[Path], keys: set | None = None) -> dict[tuple[str, str], dict]:
+    """The last record per (image, method) over ``paths`` (only images in ``keys`` when given)."""
+    found: dict[tuple[str, str], dict] = {}
     for path in paths:
-        for key, line in read_lines(path):
+        for key, _, rec in _records(path):
             if keys is None or key[0] in keys:
-                found[key] = line
+                found[key] = rec
     return found
 
 
