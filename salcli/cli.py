@@ -84,6 +84,9 @@ def _version(value: bool) -> None:
 # Options shared by every command that loads a model (one definition, so their help never drifts apart).
 MODEL_HELP = ", ".join(dict.fromkeys(form for source in sources.describe() for form in source["forms"])) + "."
 CONFIG_OPT = typer.Option(None, "--config", help="A TOML preset (see configs/).")
+WEIGHTS_KEY_OPT = typer.Option(None, "--weights-key", help="The entry of a checkpoint dict that holds the "
+                               "weights, e.g. state_dict_ema (dots go down levels). [default: found: state_dict, "
+                               "model, ...]", show_default=False)
 RESIZE_OPT = typer.Option(None, "--resize", help="Resize the short side to N pixels.")
 CROP_OPT = typer.Option(None, "--crop", help="Center-crop N x N pixels after resizing.")
 MEAN_OPT = typer.Option(None, "--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406.")
@@ -109,8 +112,10 @@ def explain(
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (maps, overlays, manifest.jsonl, run.json)."),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " [default: builtin:fashion-mnist]",
                                         show_default=False),
-    weights: Optional[str] = typer.Option(None, "--weights", help="State dict (.safetensors, .pt, .pth, .bin, "
-                                          ".ckpt; read weights-only) or DEFAULT (torchvision's published weights)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Weights: safetensors, or a state dict or "
+                                          "checkpoint written by torch.save (any extension; read weights-only), "
+                                          "or DEFAULT (torchvision's published weights)."),
+    weights_key: Optional[str] = WEIGHTS_KEY_OPT,
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow files that run pickled "
                                           "code (whole pickled modules, .pt2). Only for files you trust."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="A TOML preset (see configs/); "
@@ -174,7 +179,7 @@ def explain(
     manifest says which); 2 usage error; 3 model could not be loaded; 130/143/129 interrupted by SIGINT/SIGTERM/
     SIGHUP (rerun the same command to resume).
     """
-    cli = {"inputs": inputs, "out": out, "model": model, "weights": weights,
+    cli = {"inputs": inputs, "out": out, "model": model, "weights": weights, "weights_key": weights_key,
            "trust_checkpoint": trust_checkpoint or None, "config_file": config_file, "resize": resize,
            "crop": crop, "mean": mean, "std": std, "channels": channels, "labels": labels, "methods": method,
            "params": param, "target": target, "layer": layer, "device": device, "batch_size": batch_size,
@@ -207,8 +212,10 @@ def explain(
 
 
 # Model options: the same names and meaning in every command that loads a model.
-def _model_overrides(model, weights, trust_checkpoint, config_file, resize, crop, mean, std, channels):
-    return {"model": model, "weights": weights, "trust_checkpoint": trust_checkpoint or None,
+def _model_overrides(model, weights, weights_key, trust_checkpoint, config_file, resize, crop, mean, std,
+                     channels):
+    return {"model": model, "weights": weights, "weights_key": weights_key,
+            "trust_checkpoint": trust_checkpoint or None,
             "config_file": config_file, "resize": resize, "crop": crop, "mean": mean, "std": std,
             "channels": channels}
 
@@ -281,6 +288,7 @@ def evaluate(
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " [default: the run's model]",
                                         show_default=False),
     weights: Optional[str] = typer.Option(None, "--weights", help="State dict or DEFAULT [default: the run's]."),
+    weights_key: Optional[str] = WEIGHTS_KEY_OPT,
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow files that run pickled code; "
                                           "never taken from run.json."),
     config_file: Optional[Path] = CONFIG_OPT,
@@ -316,8 +324,8 @@ def evaluate(
         opts = EvalOptions(masks=masks, boxes=boxes, methods=tuple(method or ()), tolerance=tolerance,
                            top_k=top_k, steps=steps, skip=frozenset() if stability else frozenset({"stability"}),
                            batch_size=batch_size, device=device or "auto")
-        overrides, given = build_overrides(_model_overrides(model, weights, trust_checkpoint, config_file, resize,
-                                                            crop, mean, std, channels))
+        overrides, given = build_overrides(_model_overrides(model, weights, weights_key, trust_checkpoint,
+                                                            config_file, resize, crop, mean, std, channels))
         summary = run_evaluate(out, opts, overrides, given - {"device"}, TerminalReporter(quiet))
         write_results(out, summary)
         failures = quality.check(summary.rows, gates)
@@ -379,6 +387,7 @@ def sanity(
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " [default: builtin:fashion-mnist]",
                                         show_default=False),
     weights: Optional[str] = typer.Option(None, "--weights", help="State dict or DEFAULT."),
+    weights_key: Optional[str] = WEIGHTS_KEY_OPT,
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow files that run pickled code."),
     config_file: Optional[Path] = CONFIG_OPT,
     resize: Optional[int] = RESIZE_OPT,
@@ -416,8 +425,8 @@ def sanity(
         from .sanity import DEFAULT_METHODS, SanityOptions, run as run_sanity, write_results
 
         opts = SanityOptions(limit=limit, max_steps=max_steps, threshold=threshold)
-        cli = {"inputs": inputs, **_model_overrides(model, weights, trust_checkpoint, config_file, resize, crop,
-                                                    mean, std, channels),
+        cli = {"inputs": inputs, **_model_overrides(model, weights, weights_key, trust_checkpoint, config_file,
+                                                    resize, crop, mean, std, channels),
                "device": device, "layer": layer, "batch_size": batch_size, "seed": seed,
                "methods": method or list(DEFAULT_METHODS), "params": param, "out": out}
         config = build_config(cli)

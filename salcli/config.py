@@ -62,6 +62,7 @@ class RunConfig:
     out: Path | None = None
     model: str = "builtin:fashion-mnist"
     weights: str | None = None
+    weights_key: str | None = None  # the entry of a checkpoint dict holding the state dict (default: found)
     trust_checkpoint: bool = False
     preprocess: dict[str, Any] = field(default_factory=dict)
     labels: tuple[str, ...] | str | None = None
@@ -125,7 +126,7 @@ class RunConfig:
 
 # Keys a TOML preset may set at its top level, with the type each must have.
 TOML_KEYS: dict[str, type | tuple[type, ...]] = {
-    "model": str, "weights": str, "trust_checkpoint": bool, "labels": (str, list), "methods": list,
+    "model": str, "weights": str, "weights_key": str, "trust_checkpoint": bool, "labels": (str, list), "methods": list,
     "method": (str, list),
     "target": (str, int), "layer": str, "device": str, "batch_size": (int, str), "chunk": (int, str),
     "workers": int, "precision": str, "optimize": bool, "max_failures": (int, str),

@@ -155,10 +155,10 @@ class Explainer:
             self.layer = layers.resolve_layer(self.model, self.layer_name, example)
         keep = {self.layer.name} if self.layer is not None else set()
         self.fast = fastpath.prepare(self.model, example, self.optimize, self.precision, keep=keep)
-        if self.layer is not None and self.fast.module is not self.model:
+        if self.layer is not None and self.fast.base is not self.model:
             from . import layers
 
-            self.layer = layers.resolve_layer(self.fast.module, self.layer.name, example)  # the same layer, folded
+            self.layer = layers.resolve_layer(self.fast.base, self.layer.name, example)  # the same layer, folded
         pre = self.preprocess
         if pre is None:  # mean/std only (or neither: pixels in [0, 1]): inputs are taken at the size they come in
             pre = Preprocess(resize=shape[1], crop=shape[1], channels=shape[0],

@@ -22,12 +22,15 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from .logits import classifier, logits_of
+
 PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
 class FastModel:
-    module: nn.Module
+    module: nn.Module  # what runs: ``base``, or ``base`` with its output read (``logits.Logits``)
+    base: nn.Module | None = None  # the model with the fast paths applied (its layer names are the model's own)
     channels_last: bool = False
     precision: str = "fp32"
     notes: list[str] = field(default_factory=list)  # what was applied, for run.json
@@ -100,7 +103,7 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, keep: set[str] = fro
         setattr(folded.get_submodule(parent) if parent else folded, attr, nn.Identity())
     with torch.no_grad():
         probe = torch.randn(example.shape, generator=torch.Generator().manual_seed(0)).to(example)
-        before, after = model(probe).float(), folded(probe).float()
+        before, after = logits_of(model(probe)).float(), logits_of(folded(probe)).float()
     scale = float(before.abs().max()) or 1.0
     if not torch.allclose(before, after, rtol=1e-3, atol=1e-4 * scale):
         return model, 0  # a convolution's output was also used elsewhere: folding would change the model
@@ -119,15 +122,16 @@ def prepare(model: nn.Module, example: torch.Tensor, optimize: bool, precision: 
     fast = FastModel(model, precision=precision)
     if precision != "fp32":
         fast.notes.append(f"autocast {precision}")
-    if not optimize or isinstance(model, torch.jit.ScriptModule):
-        return fast
-    fast.module, folded = fold_batchnorm(model, example, keep)
-    if folded:
-        fast.notes.append(f"batchnorm folded into {folded} convolutions")
-    if count_convs(fast.module) >= 3 and example.device.type in ("cpu", "cuda"):
-        fast.module = fast.module.to(memory_format=torch.channels_last)
-        fast.channels_last = True
-        fast.notes.append("channels_last")
+    if optimize and not isinstance(model, torch.jit.ScriptModule):
+        fast.module, folded = fold_batchnorm(model, example, keep)
+        if folded:
+            fast.notes.append(f"batchnorm folded into {folded} convolutions")
+        if count_convs(fast.module) >= 3 and example.device.type in ("cpu", "cuda"):
+            fast.module = fast.module.to(memory_format=torch.channels_last)
+            fast.channels_last = True
+            fast.notes.append("channels_last")
+    fast.base = fast.module
+    fast.module = classifier(fast.module, example)  # a tuple, dict or .logits output: read the logits
     return fast
 
 

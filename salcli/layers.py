@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .errors import UsageError, did_you_mean, setting
+from .logits import logits_of
 
 MAX_PREFIX = 16  # most leading non-patch tokens (class, distillation, register tokens) a ViT layer may carry
 
@@ -292,7 +293,7 @@ def _last_live_tokens(model: nn.Module, example: torch.Tensor, tokens: list[_Rec
             handles.append(head.register_forward_pre_hook(keep_head_input))
         try:
             with torch.enable_grad(), _preserved(model, example):
-                logits = model(example.detach().requires_grad_(True))
+                logits = logits_of(model(example.detach().requires_grad_(True)))
                 feats = (head_input[0] if head_input else logits).float()
                 weights = torch.randn(feats.shape, generator=torch.Generator().manual_seed(0)).to(feats.device)
                 live = [r for r in tail if id(r.module) in outputs and outputs[id(r.module)].requires_grad]

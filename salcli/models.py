@@ -14,14 +14,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import sources
+from . import checkpoint, sources
 from .config import Preprocess, RunConfig
 from .errors import ModelLoadError, UsageError, setting
+from .logits import OutputError, logits_of
 
-STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-TRUST_HINT = ("it holds pickled Python objects, which run code when loaded. If you trust where it came from, "
-              "add " + setting("trust_checkpoint") + "; safer: save a state dict (safetensors) and load it with "
-              + setting("weights"))
+TRUST_HINT = checkpoint.TRUST_HINT
 
 
 @dataclass
@@ -32,6 +30,9 @@ class LoadedModel:
     spec: str
     kind: str  # builtin | torchvision | factory | torchscript | pickle | export
     checksums: dict[str, str] = field(default_factory=dict)  # file -> sha256
+    labels: tuple[str, ...] | None = None  # class names the model or its checkpoint carries
+    notes: list[str] = field(default_factory=list)  # what the user should know about how it was loaded
+    weights: dict | None = None  # how the weights file was read (checkpoint.describe), for run.json
 
     @property
     def scripted(self) -> bool:
@@ -47,8 +48,10 @@ def sha256(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_model(spec: str, weights: str | None = None, trust: bool = False) -> LoadedModel:
+def load_model(spec: str, weights: str | None = None, trust: bool = False,
+               weights_key: str | None = None) -> LoadedModel:
     """Build the model named by ``spec`` (see ``salcli.sources``), load ``weights`` into it, put it in eval mode.
+    ``weights_key``: the entry of a checkpoint dict that holds the state dict (default: found).
 
     Parameters are frozen (``requires_grad=False``): salcli only ever differentiates with respect to inputs.
     """
@@ -59,8 +62,12 @@ def load_model(spec: str, weights: str | None = None, trust: bool = False) -> Lo
     loaded = source.build(spec, weights, trust)
     if weights is not None and not source.loads_own_weights(weights):
         path = sources.existing_file(weights, "weights")
-        load_weights(loaded.module, path)
+        report = load_weights(loaded.module, path, weights_key, trust)
         loaded.checksums[str(path)] = sha256(path)
+        loaded.weights, loaded.labels = report.info, report.labels or loaded.labels
+        loaded.notes += report.notes
+    elif weights_key is not None:
+        raise UsageError(f"{setting('weights_key')} names an entry of the {setting('weights')} file; give both")
     if loaded.kind != "export":  # an exported program is traced in the mode it was exported in
         loaded.module.eval()
     for p in loaded.module.parameters():
@@ -68,56 +75,19 @@ def load_model(spec: str, weights: str | None = None, trust: bool = False) -> Lo
     return loaded
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from safetensors or a weights-only torch file; unwraps ``state_dict``/``model`` and
-    strips a ``module.`` prefix (DataParallel/DDP)."""
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelLoadError(f"could not read safetensors file {path}: {exc}") from exc
-    elif path.suffix in STATE_DICT_SUFFIXES:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"could not read {path} as weights only ({type(exc).__name__}). If it is a "
-                                 f"pickled whole model, {TRUST_HINT}") from exc
-    else:
-        raise ModelLoadError(f"{setting('weights')} {path}: expected .safetensors, .pt, .pth, .bin or .ckpt")
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelLoadError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def load_weights(module: nn.Module, path: Path) -> None:
-    """Load a state dict strictly; a mismatch names the first few keys that differ."""
-    state = read_state_dict(path)
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
-            if items:
-                more = f" and {len(items) - 5} more" if len(items) > 5 else ""
-                parts.append(f"{label} ({len(items)}): {', '.join(items[:5])}{more}")
-        raise ModelLoadError(f"the weights in {path} do not fit the model: {'; '.join(parts)}. "
-                             f"Check that {setting('model')} names the architecture these weights were trained for")
+def load_weights(module: nn.Module, path: Path, key: str | None = None,
+                 trust: bool = False) -> checkpoint.Report:
+    """Load the state dict in ``path`` into ``module`` (see ``salcli.checkpoint``: any file kind, containers
+    unwrapped, prefixes matched, old BatchNorm state accepted); a real mismatch names the first keys that differ.
+    Returns how the file was read."""
+    found = checkpoint.read(path, key, trust)
+    matched = checkpoint.match(found.state, module.state_dict(), path)
     on_meta = any(t.is_meta for t in (*module.parameters(), *module.buffers()))
-    module.load_state_dict(state, strict=True, assign=on_meta)
+    module.load_state_dict(matched.state, strict=True, assign=on_meta)
     if on_meta and any(t.is_meta for t in (*module.parameters(), *module.buffers())):
         raise ModelLoadError(f"the model has tensors that {path} does not hold (non-persistent buffers); "
                              f"load it through a factory ({setting('model')} FILE.py:FUNC) instead")
+    return checkpoint.report(found, matched, path)
 
 
 # ---------------------------------------------------------------------------------------------- presets
@@ -181,7 +151,7 @@ def count_outputs(module: nn.Module, preprocess: Preprocess, device: torch.devic
         raise ModelLoadError(f"the model failed on a {tuple(x.shape)} input ({type(exc).__name__}: {exc}); "
                              f"check {setting('resize')}/{setting('crop')}/{setting('channels')} against what the "
                              "model expects") from exc
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise ModelLoadError(f"the model must return logits of shape (batch, classes); it returned "
-                             f"{getattr(out, 'shape', type(out).__name__)}")
-    return int(out.shape[1])
+    try:
+        return int(logits_of(out).shape[1])
+    except OutputError as exc:
+        raise ModelLoadError(str(exc)) from None

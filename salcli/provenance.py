@@ -25,6 +25,8 @@ def method_settings(resolved) -> dict[str, str]:
               "preprocess": dataclasses.asdict(resolved.preprocess), "target": resolved.target,
               "layer": resolved.layer, "seed": config.seed, "colormap": config.colormap, "alpha": config.alpha,
               "labels": fingerprint(resolved.labels)}
+    if (resolved.model.weights or {}).get("key"):
+        common["weights_key"] = resolved.model.weights["key"]  # which entry of the file the weights came from
     if config.precision != "fp32":
         common["precision"] = config.precision  # fp32 fast paths give the same maps; bf16 does not
     return {m.name: fingerprint({**common, "method": m.name, "params": dataclasses.asdict(m.params)})
@@ -58,7 +60,8 @@ def run_info(resolved, settings: dict[str, str], *, images: int, workers: int, c
         "argv": argv,
         "settings": config.to_json(),
         "model": {"spec": config.model, "kind": resolved.model.kind, "weights": config.weights,
-                  "sha256": resolved.model.checksums, "trusted": config.trust_checkpoint},
+                  "sha256": resolved.model.checksums, "trusted": config.trust_checkpoint,
+                  "weights_read": resolved.model.weights, "notes": resolved.model.notes},
         "preprocess": dataclasses.asdict(resolved.preprocess),
         "labels": list(resolved.labels) if resolved.labels else None,
         "methods": {m.name: {"params": dataclasses.asdict(m.params), "settings": settings[m.name]}

@@ -49,7 +49,12 @@ def resolve(config: RunConfig, reporter=None, *, default_batch: int | None = Non
     if note and reporter is not None:
         reporter.note(note)
     device = resolve_device(config.device)
-    loaded = models.load_model(config.model, config.weights, config.trust_checkpoint)
+    loaded = models.load_model(config.model, config.weights, config.trust_checkpoint, config.weights_key)
+    if reporter is not None:
+        for line in loaded.notes:
+            reporter.note(line)
+    if labels is None and loaded.labels is not None:
+        labels = loaded.labels  # carried by the checkpoint: used when neither the user nor a preset gave any
     try:
         loaded.module.to(device)
     except Exception as exc:  # noqa: BLE001

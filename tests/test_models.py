@@ -13,7 +13,8 @@ from helpers import torchvision_weights
 from safetensors.torch import save_file
 
 from salcli.errors import ModelLoadError
-from salcli.models import load_model, read_state_dict
+from salcli.checkpoint import read as read_checkpoint
+from salcli.models import load_model
 
 PRE = TINY_OPTS[2:]  # preprocessing options without --model
 
@@ -128,7 +129,7 @@ def test_pickled_weights_are_never_unpickled_without_trust(tmp_path):
 
     torch.save({"state_dict": {"w": torch.zeros(1)}, "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(ModelLoadError, match="trust.checkpoint"):
-        read_state_dict(tmp_path / "evil.pt")
+        read_checkpoint(tmp_path / "evil.pt")
 
 
 def test_export_program_needs_trust(cli, images_dir, tmp_path, tiny_model):

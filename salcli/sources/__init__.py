@@ -86,7 +86,17 @@ def find(spec: str) -> Source:
     """The source of ``spec``; a spec no source claims is a usage error that lists every form."""
     source = lookup(spec)
     if source is None:
-        missing = "" if Path(spec).expanduser().exists() else " (no such file)"
+        kind = content(spec)
+        if kind == "safetensors":
+            raise ModelLoadError(f"{setting('model')} {spec} holds weights (safetensors), not a model: give the "
+                                 f"architecture with {setting('model')} (torchvision:NAME, timm:NAME or FILE.py:FUNC) "
+                                 f"and this file with {setting('weights')}")
+        from ..checkpoint import KINDS
+
+        if kind is not None:
+            missing = f" (its content: {KINDS[kind]})"
+        else:
+            missing = "" if Path(spec).expanduser().exists() else " (no such file)"
         forms = "; ".join(other.help.replace("`", "") for other in ordered())
         raise UsageError(f"{setting('model')} {spec}: not a model salcli can load{missing}. It takes: {forms}")
     return source
@@ -95,6 +105,16 @@ def find(spec: str) -> Source:
 def describe() -> list[dict[str, Any]]:
     """One entry per source, in ``order``, worded for the command line: for ``--help`` and the README."""
     return [{"name": s.name, "forms": list(s.forms), "help": word(s.help, {})} for s in ordered()]
+
+
+def content(spec: str) -> str | None:
+    """The kind of checkpoint the file ``spec`` holds (``salcli.checkpoint.sniff``); None when it is not a file."""
+    path = Path(spec).expanduser()
+    if not path.is_file():  # only regular files are opened: a FIFO or a device would block
+        return None
+    from ..checkpoint import sniff
+
+    return sniff(path)
 
 
 def existing_file(path_text: str, name: str) -> Path:

@@ -1,4 +1,4 @@
-"""``FILE.pt2``: a ``torch.export`` program (``torch.export.save``). Loading it unpickles data, so it needs
+"""A ``torch.export`` program (``torch.export.save``; ``FILE.pt2``, or any name: it is known by its content). Loading it unpickles data, so it needs
 ``trust_checkpoint``. It stays in the mode it was exported in (``load_model`` does not call ``eval()``)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelLoadError, setting
-from . import Source, existing_file, register
+from . import Source, content, existing_file, register
 
 
 @register("export")
@@ -16,7 +16,8 @@ class ExportedProgram(Source):
     order = 60
 
     def claims(self, spec: str) -> bool:
-        return Path(spec).suffix == ".pt2"
+        kind = content(spec)
+        return kind == "export" or (kind is None and Path(spec).suffix == ".pt2")
 
     def build(self, spec, weights, trust):
         import torch

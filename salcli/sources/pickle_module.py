@@ -1,4 +1,4 @@
-"""``FILE.pt``, ``FILE.pth`` or ``FILE.ts`` that is not TorchScript: a whole module saved with ``torch.save``.
+"""A file written by ``torch.save`` (a zip or a legacy pickle, any extension) given as the model: a whole module.
 Unpickling it runs code, so it loads only with ``trust_checkpoint``; without it, the file is read as plain
 data only to say what it holds (a state dict goes to ``weights``)."""
 
@@ -7,17 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelLoadError, setting
-from . import MODULE_SUFFIXES, Source, existing_file, register
+from . import MODULE_SUFFIXES, Source, content, existing_file, register
 
 
 @register("pickle")
 class PickledModule(Source):
-    forms = ("FILE.pt", "FILE.pth", "FILE.ts")
-    summary = f"a pickled whole `torch.nn.Module` (not TorchScript), only with {setting('trust_checkpoint')}"
-    order = 50  # after torchscript, which claims the same suffixes when the file is an archive
+    forms = ("FILE.pt", "FILE.pth")
+    summary = (f"a whole `torch.nn.Module` saved with `torch.save`, any extension, only with "
+               f"{setting('trust_checkpoint')}")
+    order = 50
 
     def claims(self, spec: str) -> bool:
-        return Path(spec).suffix in MODULE_SUFFIXES
+        kind = content(spec)
+        return kind in ("torch-zip", "pickle") or (kind is None and Path(spec).suffix in MODULE_SUFFIXES)
 
     def build(self, spec, weights, trust):
         from ..models import LoadedModel, sha256

@@ -1,24 +1,20 @@
-"""``FILE.pt``, ``FILE.pth`` or ``FILE.ts`` that is a TorchScript archive (``torch.jit.save``): loaded without
+"""A file that is a TorchScript archive (``torch.jit.save``), whatever its extension: loaded without
 running pickled code, so it needs no trust. Only input-gradient methods apply (no layer hooks)."""
 
 from __future__ import annotations
 
-import zipfile
-from pathlib import Path
-
 from ..errors import ModelLoadError
-from . import MODULE_SUFFIXES, Source, existing_file, register
+from . import Source, content, existing_file, register
 
 
 @register("torchscript")
 class TorchScript(Source):
-    forms = ("FILE.pt", "FILE.pth", "FILE.ts")
-    summary = "a TorchScript archive (input-gradient methods only)"
+    forms = ("FILE.ts", "FILE.pt")
+    summary = "a TorchScript archive, any extension (input-gradient methods only)"
     order = 40
 
     def claims(self, spec: str) -> bool:
-        path = Path(spec).expanduser()
-        return path.suffix in MODULE_SUFFIXES and path.is_file() and is_torchscript(path)
+        return content(spec) == "torchscript"
 
     def build(self, spec, weights, trust):
         import torch
@@ -33,10 +29,3 @@ class TorchScript(Source):
         return LoadedModel(module, spec, self.name, {str(path): sha256(path)})
 
 
-def is_torchscript(path: Path) -> bool:
-    """Whether ``path`` is a zip holding TorchScript code (a plain ``torch.save`` zip holds none)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
