@@ -32,8 +32,6 @@ from .errors import ModelLoadError, setting
 # Containers, in the order they are looked for. The plain weights come before the EMA ones (as timm's loader
 # and the training scripts that write both do); --weights-key chooses another.
 CONTAINERS = ("state_dict", "model_state_dict", "model", "module", "net", "state_dict_ema", "model_ema")
-# Prefixes that wrappers add to every key, tried first (any other prefix is found from the keys themselves).
-PREFIXES = ("module.", "model.", "_orig_mod.", "backbone.")
 # Entries of a checkpoint dict that may hold the class names, in order.
 LABEL_KEYS = ("classes", "class_names", "labels", "idx_to_class", "class_to_idx")
 FILLED = "num_batches_tracked"  # BatchNorm's counter, absent from checkpoints saved before PyTorch 0.4.1
@@ -254,36 +252,18 @@ def _problems(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> d
 
 
 def _candidates(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]):
-    """(prefix to strip, prefix to add) pairs to try: none, the known wrappers (also nested, as in
-    ``module._orig_mod.``), then any prefix that puts one of the model's keys under a checkpoint key."""
+    """(prefix to strip, prefix to add) pairs to try: none, then every prefix that puts the model's first key
+    under a checkpoint key (``module.``, ``model.``, ``_orig_mod.``, ``module._orig_mod.``, ``backbone.``, any
+    other), then every prefix that puts a checkpoint key under the model's first key (a wrapped model). Each is
+    checked against all the keys by ``match``, so the order only decides which error a mismatch reports."""
     yield "", ""
-    seen = {("", "")}
-    keys = list(state)
-
-    def fresh(pair):
-        if pair not in seen:
-            seen.add(pair)
-            return True
-        return False
-
-    stripped = ""
-    for _ in range(3):  # nested wrappers: peel the known prefix shared by the most keys, then look again
-        rest = [k[len(stripped):] for k in keys if k.startswith(stripped)]
-        counts = {p: sum(k.startswith(p) for k in rest) for p in PREFIXES}
-        prefix = max(PREFIXES, key=lambda p: counts[p])
-        if not counts[prefix]:
-            break
-        stripped += prefix
-        if fresh((stripped, "")):
-            yield stripped, ""
     first = next((k for k in own if not k.endswith(FILLED)), None)
     if first is None:
         return
-    for k in keys:
-        if k.endswith("." + first) and fresh((k[:-len(first)], "")):
-            yield k[:-len(first)], ""
-        if first.endswith("." + k) and fresh(("", first[:-len(k)])):
-            yield "", first[:-len(k)]
+    strip = dict.fromkeys(k[:-len(first)] for k in state if k.endswith("." + first))
+    add = dict.fromkeys(first[:-len(k)] for k in state if first.endswith("." + k))
+    yield from ((prefix, "") for prefix in strip)
+    yield from (("", prefix) for prefix in add)
 
 
 @dataclass

@@ -232,9 +232,18 @@ def test_prefixes_are_stripped(tmp_path, tiny_model, prefix):
     assert all(k.startswith(prefix) for k in state)
     torch.save(state, tmp_path / "w.pt")
     loaded = load_model(f"{FIXTURES / 'tiny.py'}:build", str(tmp_path / "w.pt"))
-    assert loaded.weights["stripped_prefix"] == prefix
+    assert loaded.weights["stripped_prefix"] == prefix and loaded.weights["key"] is None
+    assert [n for n in loaded.notes if "prefix" not in n] == []  # no container was unwrapped: nothing said
     for k, v in tiny_model.state_dict().items():
         assert torch.equal(loaded.module.state_dict()[k], v)
+
+
+def test_missing_batchnorm_counters_are_filled_with_zero():
+    own = {"bn.weight": torch.ones(2), "bn.num_batches_tracked": torch.tensor(7), "fc.bias": torch.zeros(3)}
+    matched = checkpoint.match({"bn.weight": torch.ones(2), "fc.bias": torch.ones(3)}, own, "w")
+    assert matched.filled == ["bn.num_batches_tracked"] and matched.state["bn.num_batches_tracked"].item() == 0
+    with pytest.raises(ModelLoadError, match="missing \\(1\\): fc.bias"):  # other buffers are not filled
+        checkpoint.match({"bn.weight": torch.ones(2)}, own, "w")
 
 
 def test_a_wrapped_model_takes_an_unwrapped_checkpoint():
