@@ -84,8 +84,11 @@ def resolve_layer(model: nn.Module, name: str | None, example: torch.Tensor) -> 
     * ViTs (tokens (B, N, D), N = prefix + h*w): the last token layer whose patch tokens still reach the
       score. A ViT that classifies from its class token ignores the patch tokens after the last block's
       attention, so the last block's output has exactly zero gradient there and its Grad-CAM would be blank;
-      the last live layer is that block's first norm (vit_b_16 -> ``encoder.layers.encoder_layer_11.ln_1``),
-      pytorch-grad-cam's recommended ``blocks[-1].norm1``. A ViT that pools all tokens keeps its last block.
+      the last live normalization layer is that block's first norm (vit_b_16 ->
+      ``encoder.layers.encoder_layer_11.ln_1``, timm -> ``blocks.11.norm1``, transformers -> the last
+      layer's ``layernorm_before``), pytorch-grad-cam's recommended ``blocks[-1].norm1``; the
+      attention's own key and value projections, live too, are passed over. A ViT that pools all tokens keeps
+      its last block.
 
     Raises UsageError when ``name`` is unknown or not spatial, or when no layer fits.
     """
@@ -302,10 +305,17 @@ def _last_live_tokens(model: nn.Module, example: torch.Tensor, tokens: list[_Rec
         finally:
             for handle in handles:
                 handle.remove()
-        for rec, grad in reversed(list(zip(live, grads))):
-            if grad is not None and bool((grad[:, rec.prefix:] != 0).any()):
-                return rec
+        alive = [rec for rec, grad in zip(live, grads)
+                 if grad is not None and bool((grad[:, rec.prefix:] != 0).any())]
+        if alive:  # a normalization layer's output is the block's whole token state, not one projection of it
+            return ([r for r in alive if _is_norm(r.module)] or alive)[-1]
     return None
+
+
+def _is_norm(module: nn.Module) -> bool:
+    """LayerNorm, GroupNorm, BatchNorm and the like (timm's RmsNorm, a library's own ...Norm classes)."""
+    norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+    return isinstance(module, norms) or type(module).__name__.lower().endswith("norm")
 
 
 class Captured:

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from . import __version__
+from .errors import word
 from .outputs import SCHEMA_VERSION
 
 
@@ -61,7 +62,7 @@ def run_info(resolved, settings: dict[str, str], *, images: int, workers: int, c
         "settings": config.to_json(),
         "model": {"spec": config.model, "kind": resolved.model.kind, "weights": config.weights,
                   "sha256": resolved.model.checksums, "trusted": config.trust_checkpoint,
-                  "weights_read": resolved.model.weights, "notes": resolved.model.notes},
+                  "weights_read": resolved.model.weights, "notes": [word(n) for n in resolved.model.notes]},
         "preprocess": dataclasses.asdict(resolved.preprocess),
         "labels": list(resolved.labels) if resolved.labels else None,
         "methods": {m.name: {"params": dataclasses.asdict(m.params), "settings": settings[m.name]}

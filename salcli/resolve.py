@@ -46,12 +46,10 @@ def resolve(config: RunConfig, reporter=None, *, default_batch: int | None = Non
     chosen = make_methods(config.methods, config.params)  # unknown methods and parameters fail first
     render.colormap_lut(config.colormap)
     preprocess, labels, note = models.resolve_preset(config)
-    if note and reporter is not None:
-        reporter.note(note)
     device = resolve_device(config.device)
     loaded = models.load_model(config.model, config.weights, config.trust_checkpoint, config.weights_key)
     if reporter is not None:
-        for line in loaded.notes:
+        for line in [*loaded.notes, *([note] if note else [])]:  # once the model loaded: no note before an error
             reporter.note(line)
     if labels is None and loaded.labels is not None:
         labels = loaded.labels  # carried by the checkpoint: used when neither the user nor a preset gave any

@@ -16,7 +16,7 @@ from salcli.config import RunConfig
 from salcli.errors import ModelLoadError, UsageError, word
 from salcli.models import LoadedModel, load_model, resolve_preset
 
-NAMES = {"builtin", "torchvision", "factory", "torchscript", "pickle", "export"}
+NAMES = {"builtin", "torchvision", "timm", "hf", "factory", "torchscript", "pickle", "export"}
 
 
 @pytest.fixture(scope="module")
