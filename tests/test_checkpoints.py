@@ -222,20 +222,24 @@ def test_ema_only_checkpoint_and_unknown_key(tmp_path, tiny_model):
 
 
 @pytest.mark.parametrize("prefix", ["_orig_mod.", "module._orig_mod.", "backbone.", "student.encoder."])
-def test_prefixes_are_stripped(tmp_path, tiny_model, prefix):
-    from salcli.models import load_model
+def test_prefixes_are_stripped(cli, images_dir, tmp_path, prefix):
+    from cifar_resnet import resnet20
 
+    model = trained_resnet20()
+    expected = reference(cli, images_dir, tmp_path, model)
     if prefix == "_orig_mod.":
-        state = torch.compile(tiny_model).state_dict()  # what torch.compile's wrapper saves (no compilation)
+        state = torch.compile(model).state_dict()  # what torch.compile's wrapper saves (no compilation)
     else:
-        state = {prefix + k: v for k, v in tiny_model.state_dict().items()}
+        state = {prefix + k: v for k, v in model.state_dict().items()}
     assert all(k.startswith(prefix) for k in state)
     torch.save(state, tmp_path / "w.pt")
-    loaded = load_model(f"{FIXTURES / 'tiny.py'}:build", str(tmp_path / "w.pt"))
-    assert loaded.weights["stripped_prefix"] == prefix and loaded.weights["key"] is None
-    assert [n for n in loaded.notes if "prefix" not in n] == []  # no container was unwrapped: nothing said
-    for k, v in tiny_model.state_dict().items():
-        assert torch.equal(loaded.module.state_dict()[k], v)
+    result = explain(cli, images_dir, tmp_path / "o", *CIFAR, "--weights", tmp_path / "w.pt")
+    for key, got in maps(tmp_path / "o").items():
+        np.testing.assert_array_equal(got, expected[key])
+    read = json.loads((tmp_path / "o" / "run.json").read_text())["model"]["weights_read"]
+    assert read["stripped_prefix"] == prefix and read["key"] is None and read["filled"] == []
+    assert "prefix" in result.stderr and "entry" not in result.stderr  # no container was unwrapped: not said
+    assert not torch.equal(resnet20().conv1.weight, model.conv1.weight)  # the maps are the file's, not the factory's
 
 
 def test_missing_batchnorm_counters_are_filled_with_zero():
