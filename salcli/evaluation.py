@@ -267,7 +267,7 @@ def write_results(out: Path, summary: EvalSummary) -> list[str]:
         series = {m: cs[curve] for m, cs in summary.curves.items() if curve in cs}
         if series:
             png = render.line_plot(series, title, "fraction of pixels changed, most salient first",
-                                   "probability of the target class")
+                                   "probability of the target class", auc=True)
             outputs.write_bytes(out / "plots" / f"{curve}.png", png)
             written.append(f"plots/{curve}.png")
     return written

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from . import geometry
 from .config import Preprocess
 from .errors import UsageError, setting
 
@@ -222,13 +223,10 @@ def prepare(im: Image.Image, pre: Preprocess) -> np.ndarray:
     """Resize the short side to ``pre.resize`` (antialiased, ``pre.interpolation``), center-crop ``pre.crop``, convert to
     ``pre.channels``: returns uint8 (crop, crop, channels), the picture the model sees before normalization."""
     im = im.convert("L" if pre.channels == 1 else "RGB")
-    w, h = im.size
-    scale = pre.resize / min(w, h)
-    nw, nh = max(pre.crop, round(w * scale)), max(pre.crop, round(h * scale))
-    if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), RESAMPLE[pre.interpolation], reducing_gap=None)
-    left, top = (nw - pre.crop) // 2, (nh - pre.crop) // 2
-    im = im.crop((left, top, left + pre.crop, top + pre.crop))
+    geom = geometry.geometry(im.width, im.height, pre.resize, pre.crop)  # the numbers overlays map back with
+    if geom.resized != im.size:
+        im = im.resize(geom.resized, RESAMPLE[pre.interpolation], reducing_gap=None)
+    im = im.crop((geom.left, geom.top, geom.left + pre.crop, geom.top + pre.crop))
     arr = np.asarray(im, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 
@@ -253,39 +251,60 @@ def normalize_batch(pixels, pre: Preprocess):
     return (x - mean) / std
 
 
+def picture(im: Image.Image, cap: int) -> np.ndarray:
+    """The decoded picture for display: scaled down (antialiased, never up) to at most ``cap`` pixels on its long
+    side, in its own mode (RGB or L): uint8 (h, w, 3 or 1). Overlays on the original are drawn on it, so a batch
+    holds at most ``cap``² pixels per image whatever the size of the files."""
+    size = geometry.capped_size(im.width, im.height, cap)
+    if size != im.size:
+        im = im.resize(size, Image.BICUBIC, reducing_gap=3.0)
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
 class ImageDataset:
     """Items are dicts: ``index``, ``key``, and either ``pixels`` or ``error``.
+
+    With ``display`` (a size cap, ``--overlay-size``), a good item also holds ``picture``, the original scaled to
+    fit the cap (``picture()``), and ``size``, the original's (width, height): what an overlay on the original
+    needs. The model's input (``pixels``) is the same either way.
 
     A file that cannot be decoded becomes an error record; it never raises, so a DataLoader worker survives.
     """
 
-    def __init__(self, items: list[ImageItem], pre: Preprocess) -> None:
-        self.items, self.pre = items, pre
+    def __init__(self, items: list[ImageItem], pre: Preprocess, display: int | None = None) -> None:
+        self.items, self.pre, self.display = items, pre, display
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
+        extra = {}
         try:
-            pixels = prepare(decode(item.path), self.pre)
+            im = decode(item.path)
+            pixels = prepare(im, self.pre)
+            if self.display is not None:
+                extra = {"picture": picture(im, self.display), "size": im.size}
         except ImageError as exc:
             return {"index": index, "key": item.key, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - any other failure is still this one file's failure
             return {"index": index, "key": item.key, "error": f"{type(exc).__name__}: {exc}"}
-        return {"index": index, "key": item.key, "pixels": pixels}
+        return {"index": index, "key": item.key, "pixels": pixels, **extra}
 
 
 def collate(records: list[dict]) -> dict:
     """Stack the good records' pixels into one uint8 tensor (B, H, W, C) and pass the failed records through; an
-    all-bad batch has ``pixels`` None. Normalization happens on the batch, on the model's device
+    all-bad batch has ``pixels`` None. Each good record keeps its ``picture`` and ``size`` when it has them
+    (pictures differ in size: they are not stacked). Normalization happens on the batch, on the model's device
     (``normalize_batch``)."""
     import torch
 
     good = [r for r in records if "error" not in r]
     stacked = np.stack([r["pixels"] for r in good]) if good else None
     return {
-        "good": [{"index": r["index"], "key": r["key"], "pixels": stacked[i]} for i, r in enumerate(good)],
+        "good": [{**{k: v for k, v in r.items() if k in ("picture", "size")},
+                  "index": r["index"], "key": r["key"], "pixels": stacked[i]} for i, r in enumerate(good)],
         "pixels": torch.from_numpy(stacked) if good else None,
         "errors": [r for r in records if "error" in r],
     }

@@ -24,17 +24,72 @@ def resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
 
 
+# ---------------------------------------------------------------------------------------------- display
+# How a map is shown (never how it is computed: the .npy keeps the raw values). A map is drawn in one of four modes:
+#   all       signed: m / hi in [-1, 1], 0 stays 0 (a diverging colormap centred on 0)
+#   positive  max(m, 0) / hi in [0, 1]     negative  max(-m, 0) / hi in [0, 1]
+#   absolute  (|m| - lo) / (hi - lo) in [0, 1], lo = the minimum of |m| (how every map was shown before)
+# ``display_range`` gives (lo, hi) from one map: hi is the ``percentile``-th percentile of the shown magnitudes (a
+# robust clip: one extreme pixel does not wash out the rest); ``display_values`` applies a range, one map's own
+# or a range shared by many maps (``--scale run``) or given (``--scale VALUE``).
+from .config import SIGN_MODES  # noqa: E402 (one list, no torch in config)
+
+
+class MapNotFinite(ValueError):
+    """A map holding NaN or infinite values: it has no honest picture."""
+
+
+def check_finite(m: np.ndarray) -> None:
+    """Raise ``MapNotFinite`` (with the counts) if the map holds NaN or infinite values."""
+    finite = np.isfinite(m)
+    if not finite.all():
+        nan = int(np.isnan(m).sum())
+        raise MapNotFinite(f"the map holds {nan} NaN and {int((~finite).sum()) - nan} infinite value(s) of "
+                           f"{m.size}; no overlay is drawn for it (a NaN map usually means the model's output was "
+                           "NaN or a method diverged)")
+
+
+def _magnitudes(m: np.ndarray, mode: str) -> np.ndarray:
+    if mode not in SIGN_MODES:
+        raise ValueError(f"unknown sign mode '{mode}'; one of {', '.join(SIGN_MODES)}")
+    a = m.astype(np.float64)
+    if mode == "positive":
+        return np.maximum(a, 0.0)
+    if mode == "negative":
+        return np.maximum(-a, 0.0)
+    return np.abs(a)
+
+
+def display_range(m: np.ndarray, mode: str = "absolute", percentile: float = 99.0) -> tuple[float, float]:
+    """(lo, hi) of a finite map for ``display_values``: lo is the minimum magnitude in ``absolute`` mode and 0
+    otherwise; hi is the ``percentile``-th percentile of the magnitudes shown (the maximum if that is not above
+    lo). lo == hi means there is nothing to show."""
+    a = _magnitudes(m, mode)
+    if not a.size:
+        return 0.0, 0.0
+    lo = float(a.min()) if mode == "absolute" else 0.0
+    hi = float(np.percentile(a, percentile))
+    if hi <= lo:
+        hi = float(a.max())
+    return lo, max(hi, lo)
+
+
+def display_values(m: np.ndarray, mode: str, lo: float, hi: float) -> np.ndarray:
+    """A finite map (H, W) -> float32 (H, W) for a colormap: in [-1, 1] for ``all`` (0 is 0), else in [0, 1]; values
+    beyond the range are clipped. An empty range (hi <= lo) gives zeros."""
+    a = _magnitudes(m, mode)
+    if not hi > lo:
+        return np.zeros(m.shape, dtype=np.float32)
+    if mode == "all":
+        return np.clip(m.astype(np.float64) / hi, -1.0, 1.0).astype(np.float32)
+    return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
 def display_scale(m: np.ndarray, percentile: float = 99.0) -> np.ndarray:
     """A map (H, W) -> [0, 1] for display: |m| scaled from its minimum to its ``percentile``-th percentile,
-    clipped. The robust clip keeps one extreme pixel from washing out the rest; subtracting the minimum shows
-    maps with a constant offset (RISE) with contrast. Signed maps are shown by magnitude
-    (the ``.npy`` keeps the sign). A constant or all-zero map gives zeros.
+    clipped (``absolute`` mode with the map's own range). The robust clip keeps one extreme pixel from washing out
+    the rest; subtracting the minimum shows maps with a constant offset (RISE) with contrast. NaN and infinite
+    values count as 0 here. A constant or all-zero map gives zeros.
     """
     a = np.abs(np.nan_to_num(m.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0))
-    if not a.size or a.max() == a.min():
-        return np.zeros_like(a, dtype=np.float32)  # a constant map has nothing to show
-    low = a.min()
-    top = np.percentile(a, percentile) - low
-    if top <= 0:
-        top = a.max() - low
-    return np.clip((a - low) / top, 0.0, 1.0).astype(np.float32)
+    return display_values(a, "absolute", *display_range(a, "absolute", percentile))

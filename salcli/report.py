@@ -1,8 +1,9 @@
 """OUT/report.html: a self-contained gallery of a finished run (pure HTML generation, no torch, no I/O but reads).
 
 Reads OUT/run.json and OUT/manifest.jsonl (and, when present, OUT/evaluation.json, OUT/metrics.jsonl and
-OUT/plots/*.png) and returns one HTML page: the run's settings, the failed images, the evaluation table and
-plots, then one row per image with its prediction and one overlay per method. Overlays are found by the run's
+OUT/plots/*.png) and returns one HTML page that leads with the gallery: one row per image with its prediction,
+its original picture and one overlay per method; then the failed images, the evaluation table and plots, and the
+run's settings folded in a ``<details>``. Times are ISO 8601 (UTC). Overlays and pictures are found by the run's
 sink (``outputs.open_sink``: run.json's ``format``), never by reading manifest paths here, and linked by
 relative, URL-quoted paths, so the report keeps working when OUT is copied elsewhere. Work is linear in the
 manifest: one dict lookup and one ``overlay_link`` (a ``stat`` for ``files``) per (image, method); images load
@@ -23,7 +24,9 @@ from . import outputs
 
 # Manifest fields every record has; anything else a method adds (e.g. IG's completeness_gap) is shown in its cell.
 BASE_FIELDS = {"image", "method", "status", "error", "npy", "overlay", "pred", "pred_label", "prob", "target",
-               "target_label", "score", "settings", "schema_version", "source"}
+               "target_label", "score", "settings", "schema_version", "source", "size", "mtime_ns", "width",
+               "height", "display_range", "overlay_scale"}
+THUMB = 240  # px: the gallery's image width (overlay captions and legends are sized to be read at this width)
 RANDOM = "random"  # evaluate's random-map baseline, a method in metrics.jsonl only
 
 CSS = """
@@ -33,7 +36,8 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 6px;verti
 th{background:#f2f2f2}.gallery thead th{position:sticky;top:0}
 dl.kv{display:grid;grid-template-columns:max-content auto;gap:2px 12px}dl.kv dt{font-weight:600}dl.kv dd{margin:0}
 code,.mono{font-family:ui-monospace,monospace;font-size:12px;word-break:break-all}
-img.ov{width:160px;image-rendering:pixelated;display:block}img.plot{max-width:480px;margin:4px}
+img.ov{width:240px;display:block}img.px{image-rendering:pixelated}img.plot{max-width:480px;margin:4px}
+.gallery td.key{max-width:14em}.nav{margin:.2em 0 1em}details{margin-top:1.6em}summary{font-weight:600;cursor:pointer}
 .err{color:#b00020}.muted{color:#777}.m{font-size:12px;margin:2px 0 0;padding:0;list-style:none}
 .yes{color:#070}.no{color:#b00020}
 """
@@ -57,10 +61,11 @@ def build_report(out: Path, report_dir: Path | None = None) -> str:
     parts = ["<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
              f"<title>{escape(title)}</title><style>{CSS}</style></head><body>",
              f"<h1>{escape(title)}</h1>",
-             _header(run, len(images), methods),
+             _summary(run, images, methods, evaluation is not None or bool(plots)),
+             _gallery(sink, images, methods, metrics, eval_errors, prefix),
              _failures(images),
              _evaluation(evaluation, plots, prefix),
-             _gallery(sink, images, methods, metrics, eval_errors, prefix),
+             _header(run, len(images), methods),
              "</body></html>\n"]
     return "\n".join(p for p in parts if p)
 
@@ -135,11 +140,28 @@ def _kv(pairs: Iterable[tuple[str, Any]]) -> str:
     return f"<dl class=\"kv\">{items}</dl>"
 
 
-def _date(timings: dict) -> str | None:
-    started = timings.get("started") if isinstance(timings, dict) else None
-    if not isinstance(started, (int, float)):
+def _iso(value: Any) -> str | None:
+    """A Unix time -> ISO 8601 in UTC (``2025-01-31T12:00:00+00:00``); None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds")
+    try:
+        return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _date(timings: dict) -> str | None:
+    return _iso(timings.get("started")) if isinstance(timings, dict) else None
+
+
+TIME_KEYS = ("started", "finished")  # run.json timings that are Unix times
+
+
+def _timings(timings: Any) -> list[tuple[str, Any]]:
+    """run.json's timings with the Unix times as ISO 8601."""
+    if not isinstance(timings, dict):
+        return []
+    return [(k, (_iso(v) or v) if k in TIME_KEYS else v) for k, v in timings.items()]
 
 
 def _label(rec: dict, idx: str, name: str) -> str:
@@ -169,16 +191,40 @@ def _header(run: dict, n_images: int, methods: list[str]) -> str:
         pre.append(("labels", f"{len(labels)} classes: " + ", ".join(map(str, labels[:20]))
                     + (" ..." if len(labels) > 20 else "")))
     params = [(m, (run.get("methods") or {}).get(m, {}).get("params", "not in run.json")) for m in methods]
-    shards = list((run.get("shards") or {}).items())
+    shards = [(name, {**info, "timings": dict(_timings(info.get("timings")))} if isinstance(info, dict) else info)
+              for name, info in (run.get("shards") or {}).items()]
+    shown = run.get("overlay") if isinstance(run.get("overlay"), dict) else {}
+    geometry = run.get("geometry") if isinstance(run.get("geometry"), dict) else {}
     return "".join([
+        "<details id=\"settings\"><summary>Settings, checksums, timings and versions</summary>",
         "<h2>Run</h2>", _kv(general),
         "<h2>Checksums (sha256)</h2>" + _kv(sha) if sha else "",
         "<h2>Preprocessing</h2>", _kv(pre),
+        "<h2>Overlays</h2>" + _kv(shown.items()) if shown else "",
+        "<h2>Geometry</h2>" + _kv(geometry.items()) if geometry else "",
         "<h2>Methods and parameters</h2>", _kv(params),
-        "<h2>Timings</h2>", _kv(timings.items()) if isinstance(timings, dict) else "",
+        "<h2>Timings (UTC)</h2>", _kv(_timings(timings)),
         "<h2>Shards</h2>" + _kv(shards) if shards else "",
         "<h2>Versions</h2>", _kv((run.get("versions") or {}).items()),
+        "</details>",
     ])
+
+
+def _summary(run: dict, images: dict[str, dict[str, dict]], methods: list[str], evaluated: bool) -> str:
+    """One line under the title: when, which model, how many images and methods; links to what follows."""
+    model = (run.get("model") or {}).get("spec")
+    failed = sum(1 for recs in images.values() if any(r.get("status") == "error" for r in recs.values()))
+    bits = [f"{len(images)} image(s) x {len(methods)} method(s): {', '.join(methods) or '-'}"]
+    if model:
+        bits.append(f"model {model}")
+    date = _date(run.get("timings") or {})
+    if date:
+        bits.append(f"started {date}")
+    links = [f"<a href=\"#failures\">failures: {failed}</a>"]
+    if evaluated:
+        links.append("<a href=\"#evaluation\">evaluation</a>")
+    links.append("<a href=\"#settings\">settings</a>")
+    return (f"<p class=\"nav\">{escape('; '.join(bits))}<br>{' · '.join(links)}</p>")
 
 
 def _failures(images: dict[str, dict[str, dict]]) -> str:
@@ -190,14 +236,14 @@ def _failures(images: dict[str, dict[str, dict]]) -> str:
             items.append(f"<li><code>{escape(key)}</code> ({escape(', '.join(failed))}): "
                          f"<span class=\"err\">{escape('; '.join(errors))}</span></li>")
     if not items:
-        return "<h2>Failures</h2><p class=\"muted\">none</p>"
-    return f"<h2>Failures ({len(items)} image(s))</h2><ul>{''.join(items)}</ul>"
+        return "<h2 id=\"failures\">Failures</h2><p class=\"muted\">none</p>"
+    return f"<h2 id=\"failures\">Failures ({len(items)} image(s))</h2><ul>{''.join(items)}</ul>"
 
 
 def _evaluation(evaluation: Any, plots: list[str], prefix: str) -> str:
     if evaluation is None and not plots:
         return ""
-    parts = ["<h2>Evaluation</h2>"]
+    parts = ["<h2 id=\"evaluation\">Evaluation</h2>"]
     if isinstance(evaluation, dict) and evaluation.get("error"):
         parts.append(f"<p class=\"err\">{escape(str(evaluation['error']))}</p>")
     rows = [r for r in (evaluation or {}).get("methods", []) if isinstance(r, dict)] \
@@ -228,7 +274,7 @@ def _eval_cell(row: dict, col: str) -> str:
 def _gallery(sink: outputs.sinks.Sink, images: dict[str, dict[str, dict]], methods: list[str], metrics: dict,
              eval_errors: dict[str, list[str]], prefix: str) -> str:
     show_random = any(m == RANDOM for _, m in metrics)
-    head = "".join(f"<th>{escape(m)}</th>" for m in ["image", "prediction", "target", *methods])
+    head = "".join(f"<th>{escape(m)}</th>" for m in ["image", "original", *methods])
     head += "<th>random baseline</th>" if show_random else ""
     rows = []
     for key, recs in images.items():
@@ -236,14 +282,33 @@ def _gallery(sink: outputs.sinks.Sink, images: dict[str, dict[str, dict]], metho
         prob = facts.get("prob")
         pred = _label(facts, "pred", "pred_label") + (f" ({prob:.2%})" if isinstance(prob, (int, float)) else "")
         notes = "".join(f"<div class=\"err\">evaluate: {escape(e)}</div>" for e in eval_errors.get(key, []))
-        cells = [f"<td><code>{escape(key)}</code>{notes}</td>", f"<td>{escape(pred)}</td>",
-                 f"<td>{escape(_label(facts, 'target', 'target_label'))}</td>"]
+        target = _label(facts, "target", "target_label")
+        about = (f"<code>{escape(key)}</code><div>pred: {escape(pred)}</div><div>target: {escape(target)}</div>"
+                 f"{_size(facts)}{notes}")
+        cells = [f"<td class=\"key\">{about}</td>", _picture_cell(sink, key, facts, prefix)]
         cells += [_cell(sink, recs.get(m), metrics.get((key, m)), prefix) for m in methods]
         if show_random:
             cells.append(f"<td>{_metric_list(metrics.get((key, RANDOM)) or {}, {})}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return (f"<h2>Images ({len(images)})</h2><table class=\"gallery\"><thead><tr>{head}</tr></thead>"
             f"<tbody>\n" + "\n".join(rows) + "\n</tbody></table>")
+
+
+def _size(rec: dict) -> str:
+    w, h = rec.get("width"), rec.get("height")
+    return f"<div class=\"muted\">{w} x {h} px</div>" if isinstance(w, int) and isinstance(h, int) else ""
+
+
+def _picture_cell(sink: outputs.sinks.Sink, key: str, facts: dict, prefix: str) -> str:
+    """The original picture (the sink's copy, scaled to fit --overlay-size), or a dash when there is none."""
+    rel = sink.picture_link(key) if hasattr(sink, "picture_link") else None
+    if not _inside(rel):
+        return "<td class=\"muted\">-</td>"
+    src = _href(prefix, rel)
+    small = max(facts.get("width") or 0, facts.get("height") or 0)
+    pixelated = " px" if isinstance(small, int) and 0 < small < THUMB else ""  # small pictures: visible pixels
+    return (f"<td><a href=\"{src}\"><img class=\"ov{pixelated}\" loading=\"lazy\" decoding=\"async\" "
+            f"src=\"{src}\" alt=\"original {escape(key)}\"></a></td>")
 
 
 def _cell(sink: outputs.sinks.Sink, rec: dict | None, metric_row: dict | None, prefix: str) -> str:

@@ -405,3 +405,36 @@ def test_cli_survives_a_folder_of_broken_and_unusual_images(cli, tmp_path, bomb_
 
     leftovers = [p for p in (out / "vanilla").rglob("*") if p.name.endswith(".part") or p.name.startswith(".")]
     assert leftovers == []
+
+
+# ---------------------------------------------------------------------------------------------- display picture
+def test_dataset_gives_the_original_capped_for_display_and_its_size(tmp_path):
+    rng = np.random.default_rng(3)
+    big = tmp_path / "big.png"
+    Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(big)  # 300 wide, 200 high
+    gray = tmp_path / "gray.png"
+    Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8), "L").save(gray)
+    pre = Preprocess(resize=16, crop=16, mean=(0.5,), std=(0.25,))
+    items = [ImageItem(big, "big.png"), ImageItem(gray, "gray.png")]
+    plain = ImageDataset(items, pre)
+    shown = ImageDataset(items, pre, display=100)
+    assert "picture" not in plain[0] and "size" not in plain[0]  # only asked for
+    rec = shown[0]
+    assert rec["size"] == (300, 200)
+    assert rec["picture"].shape == (67, 100, 3) and rec["picture"].dtype == np.uint8  # long side capped at 100
+    assert np.array_equal(rec["pixels"], plain[0]["pixels"])  # the model's input does not change
+    small = shown[1]
+    assert small["size"] == (24, 20) and small["picture"].shape == (20, 24, 1)  # never scaled up; gray stays gray
+    assert np.array_equal(small["picture"][:, :, 0], np.asarray(Image.open(gray)))
+    batch = collate([shown[0], shown[1]])
+    assert [g["size"] for g in batch["good"]] == [(300, 200), (24, 20)]
+    assert batch["good"][0]["picture"].shape == (67, 100, 3) and batch["pixels"].shape == (2, 16, 16, 3)
+    assert "picture" not in collate([plain[0]])["good"][0]
+
+
+def test_picture_of_a_huge_image_is_bounded():
+    from salcli.images import picture
+
+    im = Image.new("RGB", (6000, 4000), (10, 20, 30))
+    out = picture(im, 512)
+    assert out.shape == (341, 512, 3) and (out == (10, 20, 30)).all()

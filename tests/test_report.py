@@ -63,8 +63,10 @@ def test_report_links_overlays_and_shows_predictions_and_errors(cli, run_dir, tm
     records = manifest(out)
     ok = [r for r in records if r["status"] == "ok"]
     assert len(ok) == 8 and {r["method"] for r in ok} == {"vanilla", "gradcam"}
-    overlays = [s for s in page.srcs if not s.startswith("plots/")]
+    overlays = [s for s in page.srcs if not s.startswith(("plots/", "original/"))]
     assert sorted(unquote(s) for s in overlays) == sorted(r["overlay"] for r in ok)
+    pictures = [unquote(s) for s in page.srcs if s.startswith("original/")]  # the original column
+    assert pictures == [f"original/{k}.jpg" for k in sorted({r["image"] for r in ok})]
     assert all((out / unquote(s)).is_file() for s in page.srcs)
     text = "".join(page.text)
     for r in ok:
@@ -72,7 +74,7 @@ def test_report_links_overlays_and_shows_predictions_and_errors(cli, run_dir, tm
     broken = [r for r in records if r["image"] == "broken.png"]
     assert broken and all(r["status"] == "error" for r in broken)
     assert broken[0]["error"] in text
-    failures = text[text.index("Failures"):text.index("Images (")]
+    failures = text[text.index("Failures"):text.index("Settings, checksums")]
     assert "broken.png" in failures and ODD not in failures
     for method in ("vanilla", "gradcam", "sha256", "Preprocessing", "Versions"):
         assert method in text
@@ -127,3 +129,51 @@ def test_report_usage_errors_exit_2(cli, run_dir, tmp_path):
 def test_report_module_does_not_import_torch():
     code = "import sys, salcli.report\nassert 'torch' not in sys.modules, 'torch was imported'\n"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=ROOT)
+
+
+def test_report_leads_with_the_gallery_and_folds_the_settings(cli, run_dir, tmp_path):
+    import re
+
+    out = copy_run(run_dir, tmp_path)
+    cli("report", out, "-q")
+    html = (out / "report.html").read_text(encoding="utf-8")
+    gallery, failures, details = html.index("<h2>Images ("), html.index('id="failures"'), html.index("<details")
+    assert gallery < failures < details  # the pictures first, the settings last and folded
+    assert html.index("<h2>Run</h2>") > details and html.index("<h2>Versions</h2>") < html.index("</details>")
+    head = html[html.index("<thead>", gallery):html.index("</thead>", gallery)]
+    assert re.findall(r"<th>([^<]*)</th>", head) == ["image", "original", "vanilla", "gradcam"]
+    start = html.index("<code>img00.png</code>")
+    cells = html[html.rindex("<tr>", 0, start):html.index("</tr>", start)].split("<td")[1:]
+    assert "original/" in cells[1] and "vanilla/" in cells[2] and "gradcam/" in cells[3]  # original beside each
+    assert "class=\"ov px\"" in cells[1]  # a 20 px picture is shown with visible pixels
+    shown = html[gallery:failures]
+    assert "size: " not in shown and "mtime_ns" not in shown  # resume bookkeeping is not a metric
+
+
+def test_report_times_are_iso_8601(cli, run_dir, tmp_path):
+    import re
+
+    out = copy_run(run_dir, tmp_path)
+    run = json.loads((out / "run.json").read_text())
+    cli("report", out, "-q")
+    html = (out / "report.html").read_text(encoding="utf-8")
+    timings = html[html.index("<h2>Timings"):html.index("<h2>Versions")]
+    iso = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00"
+    for key in ("started", "finished"):
+        assert re.search(f"<dt>{key}</dt><dd class=\"mono\">{iso}</dd>", timings), key
+        assert str(run["timings"][key])[:8] not in timings  # no Unix seconds left
+    assert re.search(f"started {iso}", html[:html.index("<h2>Images")])  # and in the line under the title
+
+
+def test_report_plots_carry_the_auc_in_their_legends(cli, run_dir, tmp_path):
+    from PIL import Image
+
+    out = copy_run(run_dir, tmp_path)
+    cli("evaluate", out, "--no-stability", "--steps", "4", "-q")
+    table = {r["method"]: r for r in json.loads((out / "evaluation.json").read_text())["methods"]}
+    cli("report", out, "-q")
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "plots/deletion.png" in html
+    legend = Image.open(out / "plots" / "deletion.png").info["Legend"]
+    for method in ("vanilla", "gradcam", "random"):
+        assert f"{method} (AUC {table[method]['deletion_auc']:.3f})" in legend

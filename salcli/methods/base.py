@@ -63,6 +63,7 @@ class Method:
     paper: ClassVar[str] = ""
     convention: ClassVar[str] = ""
     needs_layer: ClassVar[bool] = False
+    signed: ClassVar[bool | None] = None  # maps may be negative (drawn with a diverging colormap); None: by convention
     uses_primal: ClassVar[bool] = False  # can reuse Context.primal
     Params: ClassVar[type] = NoParams
 

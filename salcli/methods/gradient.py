@@ -37,6 +37,7 @@ class InputXGradient(Method):
     """
 
     family = "gradient"
+    signed = True
     paper = "Shrikumar et al. 2016"
     convention = "sum over channels of input x gradient, signed"
     uses_primal = True

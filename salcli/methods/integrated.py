@@ -84,6 +84,7 @@ class IntegratedGradients(Method):
     """
 
     family = "path"
+    signed = True
     paper = "Sundararajan et al. 2017"
     convention = "sum over channels, signed; sums to f(x) - f(baseline) up to the integration error"
     Params = IGParams
@@ -213,6 +214,7 @@ class GradientShap(Method):
     """
 
     family = "path"
+    signed = True
     paper = "Lundberg & Lee 2017; Erion et al. 2021"
     convention = "sum over channels, signed; sums to f(x) - E f(baseline) in expectation"
     Params = GradientShapParams

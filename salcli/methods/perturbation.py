@@ -89,6 +89,7 @@ class Occlusion(Method):
     """
 
     family = "perturbation"
+    signed = True
     paper = "Zeiler & Fergus 2014"
     convention = "score drop per pixel, averaged over the windows covering it, signed"
     Params = OcclusionParams
@@ -234,6 +235,7 @@ class Lime(Method):
     """
 
     family = "perturbation"
+    signed = True
     paper = "Ribeiro et al. 2016"
     convention = "segment coefficient per pixel, signed"
     Params = LimeParams
@@ -329,6 +331,7 @@ class KernelShap(Method):
     """
 
     family = "perturbation"
+    signed = True
     paper = "Lundberg & Lee 2017"
     convention = "segment coefficient per pixel, signed"
     Params = KernelShapParams

@@ -21,6 +21,9 @@ The interface, for a sink ``S`` with ``s = S(out)``:
 - ``s.overlay_link(record) -> str | None``: a path relative to OUT that a browser can show for the report's
   ``<img>``; None when the sink keeps no browsable overlay file for it or the file is missing.
 - ``s.close() -> None``: called once after every write has returned (a packed sink flushes its part files).
+- Optional, once per image: ``s.write_picture(key, picture)`` stores the original picture scaled down for display
+  (uint8 (h, w, 1 or 3)), ``s.picture_link(key)`` gives a path relative to OUT for the report's original column
+  (None: not kept), ``s.discard_picture(key)`` removes it. The base class keeps no pictures.
 
 A sink imports heavy libraries (pyarrow, ...) inside its methods, not at the top of its module: this package is
 imported by ``salcli report`` and ``salcli --help``, which must stay light.
@@ -63,6 +66,15 @@ class Sink(ABC):
 
     def overlay_link(self, record: dict[str, Any]) -> str | None:
         return None
+
+    def write_picture(self, key: str, picture: np.ndarray) -> None:
+        pass
+
+    def picture_link(self, key: str) -> str | None:
+        return None
+
+    def discard_picture(self, key: str) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -20,11 +20,31 @@ def png_rel(method: str, key: str) -> str:
     return f"{method}/{key}.png"
 
 
+PICTURES = "original"  # OUT/original/KEY.jpg: the picture the report shows beside the overlays
+
+
+def picture_rel(key: str) -> str:
+    return f"{PICTURES}/{key}.jpg"
+
+
+def jpeg_bytes(picture: np.ndarray, quality: int = 90) -> bytes:
+    """uint8 (h, w, 1 or 3) -> JPEG bytes (4:4:4, so small and gray pictures stay sharp)."""
+    import io
+
+    from PIL import Image
+
+    im = Image.fromarray(picture[:, :, 0] if picture.ndim == 3 and picture.shape[2] == 1 else picture)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+
+
 @register("files")
 class Files(Sink):
     """A .npy map and a .png overlay per (image, method), under OUT/METHOD/ at the image's relative path."""
 
-    help = "OUT/METHOD/KEY.npy (float32 map) and OUT/METHOD/KEY.png (overlay) per image and method"
+    help = ("OUT/METHOD/KEY.npy (float32 map) and OUT/METHOD/KEY.png (overlay) per image and method, "
+            "OUT/original/KEY.jpg (the picture) per image")
 
     def fields(self, method: str, key: str) -> dict[str, str | None]:
         return {"npy": npy_rel(method, key), "overlay": png_rel(method, key)}
@@ -66,3 +86,17 @@ class Files(Sink):
     def overlay_link(self, record: dict[str, Any]) -> str | None:
         paths = self._paths(record)
         return png_rel(record["method"], record["image"]) if paths and paths[1].is_file() else None
+
+    def write_picture(self, key: str, picture: np.ndarray) -> None:
+        outputs.write_bytes(outputs._safe_join(self.out, picture_rel(key)), jpeg_bytes(picture))
+
+    def picture_link(self, key: str) -> str | None:
+        try:
+            path = outputs._safe_join(self.out, picture_rel(key))
+        except ValueError:
+            return None
+        return picture_rel(key) if path.is_file() else None
+
+    def discard_picture(self, key: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            outputs._safe_join(self.out, picture_rel(key)).unlink(missing_ok=True)
