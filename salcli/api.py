@@ -40,6 +40,7 @@ def explain(model: nn.Module, x: torch.Tensor, target: int | Sequence[int] | tor
     finally:
         for p in model.parameters():
             p.grad = grads_before.get(id(p))
-    if method in result.failures:
-        raise result.failures[method]
-    return result.maps[method].to(x.device)
+    name = engine.methods[0].name  # the registered name of `method` (GradCAM -> gradcam)
+    if name in result.failures:
+        raise result.failures[name]
+    return result.maps[name].to(x.device)

@@ -18,4 +18,4 @@ def test_builtin_model_classifies_the_samples(cli, tmp_path):
 def test_main_readme_command_runs_on_all_samples(cli, tmp_path):
     out = tmp_path / "out"
     result = cli("explain", SAMPLES, "-o", out)
-    assert "65 image(s): 65 written" in result.stderr  # 30 garments, their 30 masks, 5 photos
+    assert "65 images x 1 method: 65 maps written" in result.stderr  # 30 garments, their 30 masks, 5 photos

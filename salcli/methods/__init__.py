@@ -6,6 +6,7 @@ from . import integrated  # noqa: F401
 from . import cam  # noqa: F401
 from . import perturbation  # noqa: F401
 from .base import Context, Method, image_seed
-from .registry import REGISTRY, create, describe, get, names, register
+from .registry import ALIASES, REGISTRY, aliases, canonical, create, describe, get, name_key, names, register
 
-__all__ = ["Context", "Method", "REGISTRY", "create", "describe", "get", "image_seed", "names", "register"]
+__all__ = ["ALIASES", "Context", "Method", "REGISTRY", "aliases", "canonical", "create", "describe", "get", "image_seed",
+           "name_key", "names", "register"]

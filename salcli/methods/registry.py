@@ -6,6 +6,7 @@ The CLI, ``salcli methods`` and the README's method table are all generated from
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from typing import Any
 
@@ -21,12 +22,60 @@ def register(name: str):
     return REGISTRY.register(name)
 
 
+# Names other libraries give the same methods (Captum's and pytorch-grad-cam's classes, short forms), beyond
+# those that already match a registered name once case, '-', '_' and spaces are ignored (IntegratedGradients,
+# InputXGradient, GuidedBackprop, GradientShap, KernelShap, Lime, Occlusion, GradCAM, XGradCAM, LayerCAM,
+# HiResCAM, ScoreCAM, EigenCAM, GuidedGradCam, RISE, SmoothGrad match by themselves).
+ALIASES: dict[str, str] = {
+    "Saliency": "vanilla",  # Captum
+    "VanillaGradient": "vanilla",
+    "Deconvolution": "deconvnet",  # Captum
+    "GuidedBackpropagation": "guided-backprop",
+    "NoiseTunnel": "smoothgrad",  # Captum's NoiseTunnel, nt_type="smoothgrad"
+    "IG": "integrated-gradients",
+    "GradCAMPlusPlus": "gradcam++",  # pytorch-grad-cam
+    "GradCAMpp": "gradcam++",
+}
+
+
 def names() -> list[str]:
     return list(REGISTRY)
 
 
+def name_key(name: str) -> str:
+    """How names are compared: ``GradCAM``, ``grad-cam``, ``Grad_CAM`` and ``gradcam`` are one key."""
+    return "".join(ch for ch in str(name).lower() if ch not in "-_ ")
+
+
+def _spellings() -> dict[str, str]:
+    """``name_key`` -> registered name, for the registered names and the aliases."""
+    found = {name_key(alias): target for alias, target in ALIASES.items()}
+    found.update({name_key(name): name for name in REGISTRY})
+    return found
+
+
+def canonical(name: str) -> str:
+    """The registered name that ``name`` means (any case; '-', '_' and spaces ignored; aliases such as
+    ``Saliency`` or ``GradCAMPlusPlus``). An unknown name is a usage error naming the close ones."""
+    if name in REGISTRY:
+        return name
+    spellings = _spellings()
+    wanted = name_key(name)
+    if wanted in spellings:
+        return spellings[wanted]
+    close = difflib.get_close_matches(wanted, list(spellings), n=1, cutoff=0.6)
+    hint = f" Did you mean '{spellings[close[0]]}'?" if close else ""
+    raise UsageError(f"unknown method '{name}'.{hint} Methods: {', '.join(REGISTRY)}")
+
+
+def aliases(name: str) -> list[str]:
+    """The aliases of registered method ``name`` (beyond its spellings in other cases and separators)."""
+    return [alias for alias, target in ALIASES.items() if target == name]
+
+
 def get(name: str) -> type[Method]:
-    return REGISTRY.lookup(name)
+    """The class of method ``name``, named as ``canonical`` accepts it."""
+    return REGISTRY[canonical(name)]
 
 
 def param_fields(cls: type[Method]) -> list[tuple[str, type, Any]]:
@@ -61,13 +110,16 @@ def coerce(value: Any, kind: Any, where: str) -> Any:
             items = value if isinstance(value, (list, tuple)) else str(value).split(",")
             return tuple(int(v) for v in items)
     except ValueError:
-        raise UsageError(f"{where} takes a {getattr(kind, '__name__', kind)}; got '{value}'") from None
+        kind_name = getattr(kind, "__name__", str(kind))
+        article = "an" if kind_name[:1] in "aeiou" else "a"
+        raise UsageError(f"{where} takes {article} {kind_name}; got '{value}'") from None
     return value
 
 
 def create(name: str, raw: dict[str, Any] | None = None) -> Method:
     """Instantiate method ``name`` with parameters given as strings or TOML values."""
     cls = get(name)
+    name = cls.name
     fields = {f[0]: f[1] for f in param_fields(cls)}
     values = {}
     for key, value in (raw or {}).items():
@@ -89,6 +141,7 @@ def describe() -> list[dict[str, Any]]:
     for name, cls in REGISTRY.items():
         rows.append({
             "name": name,
+            "aliases": aliases(name),
             "family": cls.family,
             "paper": cls.paper,
             "convention": cls.convention,
