@@ -19,7 +19,8 @@ from .errors import SalcliError, word
 
 app = typer.Typer(
     name="salcli",
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion: bash, zsh, fish, PowerShell
+    context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
     rich_markup_mode="markdown",
     help="Explain what image classifiers look at: saliency maps, overlays and a manifest for folders of images.\n\n"
@@ -30,7 +31,7 @@ app = typer.Typer(
 def _stderr():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # markup only where asked for
 
 
 # How the command line spells a setting that a library error names (errors.setting); the rest are --name.
@@ -46,12 +47,25 @@ def _fail(exc: SalcliError) -> typer.Exit:
     return typer.Exit(exc.exit_code)
 
 
+def _data_only_stdout():
+    """Standard output carries only the command's data (the summary, ``--json``): anything a library prints
+    while the work runs (torch.hub's "Downloading:" line, a model's own print calls) goes to stderr."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 class TerminalReporter:
-    """Progress bar on a terminal only; notes on stderr unless quiet."""
+    """Progress bar on a terminal only; notes on stderr unless quiet; with quiet, Python warnings are silenced
+    too (``-q`` prints nothing but errors)."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.bar = None
+        if quiet:
+            import warnings
+
+            warnings.simplefilter("ignore")
 
     def start(self, total: int) -> None:
         if not self.quiet and sys.stderr.isatty():
@@ -68,6 +82,12 @@ class TerminalReporter:
             from rich.markup import escape
 
             _stderr().print(f"[yellow]note:[/] {escape(word(message, FLAGS))}", markup=True)
+
+    def warn(self, message: str) -> None:
+        """Something that makes the results mean less than the user may think (random weights): always shown."""
+        from rich.markup import escape
+
+        _stderr().print(f"[bold red]warning:[/] {escape(word(message, FLAGS))}", markup=True)
 
     def finish(self) -> None:
         if self.bar is not None:
@@ -100,6 +120,12 @@ DEVICE_OPT = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Print the version and exit.")) -> None:
     """salcli: saliency maps for image classifiers, from the command line."""
+    import warnings
+
+    # Deprecation notices of torch and other libraries are for the authors of code that calls them, which a
+    # salcli user cannot change; the project's own tests see them.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 @app.command(epilog="Examples:\n\n"
@@ -126,8 +152,10 @@ def explain(
     std: Optional[str] = STD_OPT,
     channels: Optional[int] = CHANNELS_OPT,
     labels: Optional[Path] = typer.Option(None, "--labels", help="Class names, one per line."),
-    method: Optional[List[str]] = typer.Option(None, "-m", "--method", help="Method name, repeatable "
-                                               "(see `salcli methods`). [default: vanilla]", show_default=False),
+    method: Optional[List[str]] = typer.Option(None, "-m", "--method", help="Method name, repeatable or "
+                                               "comma-separated, in any case (GradCAM, grad-cam); all: every "
+                                               "method (see `salcli methods`). [default: vanilla]",
+                                               show_default=False),
     param: Optional[List[str]] = typer.Option(None, "-p", "--param", help="METHOD.KEY=VALUE, repeatable."),
     target: Optional[str] = typer.Option(None, "--target", help="pred (top-1), a class index, or a label. "
                                          "[default: pred]", show_default=False),
@@ -137,8 +165,9 @@ def explain(
     batch_size: Optional[str] = typer.Option(None, "--batch-size", help="Images per batch, or auto. "
                                              "[default: auto]", show_default=False),
     chunk: Optional[str] = typer.Option(None, "--chunk", help="Most model inputs per forward pass for methods "
-                                        "with inner samples (noise samples, steps, masks), or auto "
-                                        "(the larger of --batch-size and 32). [default: auto]", show_default=False),
+                                        "with inner samples (noise samples, steps, masks), or auto: about 1.2 "
+                                        "million input values per pass on the CPU; on CUDA 256 to start, doubled "
+                                        "while memory allows. [default: auto]", show_default=False),
     workers: Optional[int] = typer.Option(None, "--workers", help="Image-decoding worker processes "
                                           "(default: up to 4 on a GPU; 0 on the CPU, where the model "
                                           "uses every core, or for one batch)."),
@@ -150,11 +179,28 @@ def explain(
                                             "rounding). [default: optimize]", show_default=False),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random draw. [default: 0]",
                                        show_default=False),
-    colormap: Optional[str] = typer.Option(None, "--colormap", help="A matplotlib colormap. [default: jet]",
-                                           show_default=False),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Opacity of the heatmap over the image. "
-                                          "[default: 0.5]", show_default=False),
+    colormap: Optional[str] = typer.Option(None, "--colormap", help="A matplotlib colormap for maps shown by "
+                                           "magnitude (signed maps with --sign all use blue-white-red). "
+                                           "[default: jet]", show_default=False),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Opacity of the heatmap over the image (for "
+                                          "signed maps: of the strongest values). [default: 0.5]",
+                                          show_default=False),
+    overlay_on: Optional[str] = typer.Option(None, "--overlay-on", help="Draw overlays on the original picture "
+                                             "(the map mapped back through crop and resize; the cut-away border "
+                                             "greyed) or on the model's input crop: original or input. "
+                                             "[default: original]", show_default=False),
+    overlay_size: Optional[int] = typer.Option(None, "--overlay-size", help="Most pixels on an overlay's long "
+                                               "side. [default: 512]", show_default=False),
+    sign: Optional[str] = typer.Option(None, "--sign", help="How signed maps (integrated-gradients, "
+                                       "input-x-gradient, occlusion, ...) are drawn: all (blue < 0 < red), "
+                                       "positive, negative or absolute. Maps that are >= 0 are always drawn by "
+                                       "magnitude. [default: all]", show_default=False),
+    scale: Optional[str] = typer.Option(None, "--scale", help="Colour scale: image (each map its own), run (one "
+                                        "per method over the run's maps, to compare images), or a number (the "
+                                        "map value that saturates). [default: image]", show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
+    prune: bool = typer.Option(False, "--prune", help="Remove the outputs and manifest records of images that "
+                               "are no longer among the inputs (deleted or moved since an earlier run into OUT)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: take the I-th (from 0) of N disjoint "
                                         "slices, assigned by a hash of each image's relative path. Default: "
                                         "torchrun's RANK/WORLD_SIZE, an srun step or a Slurm array's position "
@@ -173,7 +219,7 @@ def explain(
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as one JSON object on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
 ) -> None:
-    """Explain every image with each method: write OUT/<method>/<image>.npy and .png, manifest.jsonl, run.json.
+    """Explain every image with each method: write OUT/METHOD/IMAGE.npy and .png, manifest.jsonl, run.json.
 
     Exit codes: 0 all explained or skipped (or no more failures than --max-failures); 1 some images failed (the
     manifest says which); 2 usage error; 3 model could not be loaded; 130/143/129 interrupted by SIGINT/SIGTERM/
@@ -184,31 +230,59 @@ def explain(
            "crop": crop, "mean": mean, "std": std, "channels": channels, "labels": labels, "methods": method,
            "params": param, "target": target, "layer": layer, "device": device, "batch_size": batch_size,
            "chunk": chunk, "workers": workers, "precision": precision, "optimize": optimize, "seed": seed,
-           "colormap": colormap, "alpha": alpha,
-           "overwrite": overwrite or None, "shard": shard, "no_shard": no_shard or None,
+           "colormap": colormap, "alpha": alpha, "overlay_on": overlay_on, "overlay_size": overlay_size,
+           "sign": sign, "scale": scale,
+           "overwrite": overwrite or None, "prune": prune or None, "shard": shard, "no_shard": no_shard or None,
            "files_from": files_from, "root": root, "max_failures": max_failures, "json": as_json or None, "quiet": quiet or None}
     try:
         config = build_config(cli)
         from .pipeline import run
 
-        summary = run(config, TerminalReporter(config.quiet), argv=sys.argv)
+        with _data_only_stdout():
+            summary = run(config, TerminalReporter(config.quiet), argv=sys.argv)
     except SalcliError as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt as exc:  # Ctrl-C: 130; SIGTERM: 143; SIGHUP: 129 (128 + the signal)
         _stderr().print("salcli: interrupted; what was written is whole and journaled. Run the same command to "
                         "resume.")
         raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
+    from rich.markup import escape
+
     console = _stderr()
-    for err in summary.errors:
-        console.print(f"[red]failed:[/] {err['image']} ({err['method']}): {err['error']}", markup=True)
+    shown = 5  # the first few failures, with their messages; the manifest holds every one
+    for err in summary.errors[:shown]:
+        console.print(f"[red]failed:[/] {escape(str(err['image']))} ({err['method']}): {escape(str(err['error']))}",
+                      markup=True)
+    if summary.errors:
+        where = Path(summary.out) / ("manifest.jsonl" if config.shard is None else "parts")
+        more = f"{len(summary.errors) - shown} more; " if len(summary.errors) > shown else ""
+        console.print(f"[red]failed:[/] {more}see {escape(str(where))} (status error) for every failure",
+                      markup=True)
     if as_json:
-        typer.echo(json.dumps(summary.to_json()))
+        typer.echo(json.dumps({"methods": list(config.methods), **summary.to_json()}))  # add fields, never rename
     elif not config.quiet:
-        c = summary.counts
-        console.print(f"{summary.images} image(s): {c.get('ok', 0)} written, {c.get('skipped', 0)} skipped, "
-                      f"{c.get('error', 0)} failed (image x method) in {summary.seconds:.1f} s on "
-                      f"{summary.device} -> {summary.out}")
+        c, n, m = summary.counts, summary.images, len(config.methods)
+        written = c.get("ok", 0)
+        console.print(escape(f"{n} image{'s' * (n != 1)} x {m} method{'s' * (m != 1)}: {written} "
+                             f"map{'s' * (written != 1)} written, {c.get('skipped', 0)} skipped, {c.get('error', 0)} "
+                             f"failed in {summary.seconds:.1f} s on {summary.device} -> {summary.out}"), markup=True)
+        _print_changes(console, summary.changes, summary.gone)
     raise typer.Exit(summary.exit_code)
+
+
+def _print_changes(console, changes: dict[str, int], gone: list[str]) -> None:
+    """What a rerun into the same OUT did, in images: only when it was not a first run."""
+    from rich.markup import escape
+
+    if not any(changes.get(k) for k in ("redone", "unchanged", "gone")):
+        return
+    said = ", ".join(f"{changes[k]} {k}" for k in ("new", "redone", "unchanged", "gone", "pruned")
+                     if changes.get(k) or k in ("new", "redone", "unchanged"))
+    console.print(escape(f"images since the last run into OUT: {said}"), markup=True)
+    if changes.get("gone") and not changes.get("pruned"):
+        more = f" and {changes['gone'] - len(gone)} more" if changes["gone"] > len(gone) else ""
+        console.print(escape(f"gone (in OUT, no longer among the inputs): {', '.join(gone)}{more}; their outputs "
+                             "are kept: --prune removes them"), markup=True)
 
 
 # Model options: the same names and meaning in every command that loads a model.
@@ -249,30 +323,52 @@ def with_gates(command: str):
 
 
 def _print_gate_failures(failures: list[str]) -> None:
+    from rich.markup import escape
+
     for line in failures:
-        _stderr().print(f"[bold red]gate failed:[/] {word(line, FLAGS)}", markup=True)
+        _stderr().print(f"[bold red]gate failed:[/] {escape(word(line, FLAGS))}", markup=True)
 
 
 def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    """A table of one row per method. No cell is ever cut: the first column (the method, as the user types it)
+    repeats in as many tables as the other columns need to fit the terminal; a log file gets one wide table."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col)
+    cells = []
     for row in rows:
-        cells = []
+        line = []
         for col in columns:
             value = row.get(col)
             mark = ""
             if isinstance(row.get("beats_random"), dict) and col in row["beats_random"]:
                 mark = " ✓" if row["beats_random"][col] else " ✗"
-            cells.append("-" if value is None else (f"{value:.3f}{mark}" if isinstance(value, float) else str(value)))
-        table.add_row(*cells)
+            line.append("-" if value is None else (f"{value:.3f}{mark}" if isinstance(value, float) else str(value)))
+        cells.append(line)
     console = Console(stderr=True)
     if not console.is_terminal:
         console.width = max(console.width, 40 + 12 * len(columns))  # a log file gets whole headers and numbers
-    console.print(table)
+    headers = [col.replace("_", " ") for col in columns]  # headers wrap between words
+    widths = [max([len(w) for w in h.split()] + [len(line[i]) for line in cells]) for i, h in enumerate(headers)]
+    def fits(part: list[int]) -> bool:  # a column takes its width, 2 of padding and 1 of border; + the left border
+        return widths[0] + 4 + sum(widths[i] + 3 for i in part) <= console.width
+
+    parts: list[list[int]] = [[]]
+    for i in range(1, len(columns)):
+        if parts[-1] and not fits(parts[-1] + [i]):
+            parts.append([])
+        parts[-1].append(i)
+    size = -(-(len(columns) - 1) // len(parts))  # as many columns in each part, when they fit
+    even = [list(range(1, len(columns)))[k:k + size] for k in range(0, len(columns) - 1, size)] if size else parts
+    parts = even if len(even) == len(parts) and all(map(fits, even)) else parts
+    for n, part in enumerate(parts):
+        table = Table(title=escape(title) if n == 0 else None)
+        for i in [0, *part]:
+            table.add_column(escape(headers[i]), min_width=widths[i], no_wrap=i == 0)
+        for line in cells:
+            table.add_row(*[escape(line[i]) for i in [0, *part]])
+        console.print(table)
 
 
 @app.command(epilog="Examples:\n\n"
@@ -284,7 +380,9 @@ def evaluate(
     masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of object masks (PNG, white = object) at "
                                          "the images' relative paths."),
     boxes: Optional[Path] = typer.Option(None, "--boxes", help="Object boxes: CSV (image,x0,y0,x1,y1) or COCO JSON."),
-    method: Optional[List[str]] = typer.Option(None, "-m", "--method", help="Evaluate only these methods."),
+    method: Optional[List[str]] = typer.Option(None, "-m", "--method", help="Evaluate only these methods "
+                                               "(repeatable or comma-separated, any case). [default: all of the "
+                                               "run's]", show_default=False),
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP + " [default: the run's model]",
                                         show_default=False),
     weights: Optional[str] = typer.Option(None, "--weights", help="State dict or DEFAULT [default: the run's]."),
@@ -316,17 +414,19 @@ def evaluate(
     """
     try:
         from . import gates as quality, measures
-        from .config import build_overrides, check_device
+        from .config import build_overrides, check_device, parse_methods
         from .evaluation import EvalOptions, evaluate as run_evaluate, write_results
 
         if device is not None:
             check_device(device)
-        opts = EvalOptions(masks=masks, boxes=boxes, methods=tuple(method or ()), tolerance=tolerance,
+        chosen = parse_methods(method, everything=()) if method else ()  # all: every method of the run
+        opts = EvalOptions(masks=masks, boxes=boxes, methods=chosen, tolerance=tolerance,
                            top_k=top_k, steps=steps, skip=frozenset() if stability else frozenset({"stability"}),
                            batch_size=batch_size, device=device or "auto")
         overrides, given = build_overrides(_model_overrides(model, weights, weights_key, trust_checkpoint,
                                                             config_file, resize, crop, mean, std, channels))
-        summary = run_evaluate(out, opts, overrides, given - {"device"}, TerminalReporter(quiet))
+        with _data_only_stdout():
+            summary = run_evaluate(out, opts, overrides, given - {"device"}, TerminalReporter(quiet))
         write_results(out, summary)
         failures = quality.check(summary.rows, gates)
     except SalcliError as exc:
@@ -399,8 +499,9 @@ def sanity(
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer of the layer methods (default: found "
                                         "automatically on the original model)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
-    method: Optional[List[str]] = typer.Option(None, "-m", "--method", help="Method to check, repeatable. "
-                                               "[default: vanilla, gradcam, guided-backprop, integrated-gradients]",
+    method: Optional[List[str]] = typer.Option(None, "-m", "--method", help="Method to check, repeatable or "
+                                               "comma-separated, any case; all: every method. [default: vanilla, "
+                                               "gradcam, guided-backprop, integrated-gradients]",
                                                show_default=False),
     param: Optional[List[str]] = typer.Option(None, "-p", "--param", help="METHOD.KEY=VALUE, repeatable."),
     seed: int = typer.Option(0, "--seed", help="Seed of the re-initialization (and of random methods)."),
@@ -430,7 +531,8 @@ def sanity(
                "device": device, "layer": layer, "batch_size": batch_size, "seed": seed,
                "methods": method or list(DEFAULT_METHODS), "params": param, "out": out}
         config = build_config(cli)
-        result = run_sanity(config, opts, TerminalReporter(quiet))
+        with _data_only_stdout():
+            result = run_sanity(config, opts, TerminalReporter(quiet))
         written = write_results(out, result) if out is not None else []
         failures = quality.check(result.rows, gates)
     except SalcliError as exc:
@@ -483,6 +585,8 @@ def verify(
 
     Exit codes: 0 every image accounted for; 1 a problem was found; 2 no run files.
     """
+    from rich.markup import escape
+
     from .merge import verify as run_verify
 
     try:
@@ -490,7 +594,7 @@ def verify(
     except SalcliError as exc:
         raise _fail(exc) from None
     for line in problems:
-        _stderr().print(f"[bold red]verify:[/] {line}", markup=True)
+        _stderr().print(f"[bold red]verify:[/] {escape(line)}", markup=True)
     if not problems and not quiet:
         _stderr().print(f"verify: every expected image of {out} is accounted for")
     raise typer.Exit(1 if problems else 0)
@@ -506,16 +610,51 @@ def list_methods(as_json: bool = typer.Option(False, "--json", help="Print the r
         typer.echo(json.dumps(rows, indent=2, default=str))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    console = Console()
+    names = "Names: any case, with or without '-', '_' and spaces (GradCAM = grad-cam = gradcam); -m a,b runs " \
+            "several, -m all every one."
+    if not console.is_terminal or console.width < 120:  # a pipe, a log or a narrow terminal: a plain list
+        import textwrap
+
+        width = console.width if console.is_terminal else None
+        typer.echo("\n".join([_methods_list(rows, width), *(textwrap.wrap(names, width) if width else [names])]))
+        return
     table = Table(title="salcli methods", show_lines=True)
-    for col in ("method", "paper", "map convention", "passes per image", "parameters (default)"):
+    table.add_column("method", no_wrap=True)  # the names a user types are never cut
+    for col in ("paper", "map convention", "passes per image"):
         table.add_column(col)
+    table.add_column("parameters (default)", no_wrap=True)
     for r in rows:
         params = "\n".join(f"{p['name']}={p['default']}" for p in r["params"]) or "-"
-        table.add_row(r["name"] + (" (layer)" if r["needs_layer"] else ""), r["paper"], r["convention"],
-                      r["passes"], params)
-    Console().print(table)
+        name = "\n".join([r["name"], *(["(layer)"] if r["needs_layer"] else []),
+                          *(f"also {a}" for a in r.get("aliases", []))])
+        table.add_row(*map(escape, (name, r["paper"], r["convention"], r["passes"], params)))
+    console.print(table)
+    console.print(escape(names))
+
+
+def _methods_list(rows: list[dict], width: int | None) -> str:
+    """``salcli methods`` as plain text: a block per method, its first line starting with the name; wrapped to
+    ``width`` (a terminal's) or not at all (a pipe)."""
+    import textwrap
+
+    lines = []
+    for r in rows:
+        fields = [("map", r["convention"]), ("passes", f"{r['passes']} per image"),
+                  ("parameters", ", ".join(f"{p['name']}={p['default']}" for p in r["params"]) or "none")]
+        if r["needs_layer"]:
+            fields.append(("layer", "needs one: --layer NAME, or found automatically"))
+        if r.get("aliases"):
+            fields.append(("also", ", ".join(r["aliases"])))
+        lines.append(f"{r['name']}  {r['paper']}")
+        for label, text in fields:
+            line = f"  {label:<11} {text}"
+            lines += textwrap.wrap(line, width, subsequent_indent=" " * 14, break_long_words=False,
+                                   break_on_hyphens=False) if width else [line]
+    return "\n".join(lines)
 
 
 def run() -> None:

@@ -6,7 +6,10 @@ No torch here: ``cli.py`` imports this module to validate options before anythin
 from __future__ import annotations
 
 import os
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, published as tomli
+    import tomli as tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,7 @@ class RunConfig:
     model: str = "builtin:fashion-mnist"
     weights: str | None = None
     weights_key: str | None = None  # the entry of a checkpoint dict holding the state dict (default: found)
+    prune: bool = False  # remove the outputs and records of images no longer among the inputs
     trust_checkpoint: bool = False
     preprocess: dict[str, Any] = field(default_factory=dict)
     labels: tuple[str, ...] | str | None = None
@@ -79,6 +83,10 @@ class RunConfig:
     seed: int = 0
     colormap: str = "jet"
     alpha: float = 0.5
+    overlay_on: str = "original"  # draw overlays on the original picture, or on the model's input ("input")
+    overlay_size: int = 512  # most pixels on an overlay's long side
+    sign: str = "all"  # how signed maps are drawn: all, positive, negative, absolute
+    scale: str = "image"  # image, run, or a fixed value that saturates the colours
     overwrite: bool = False
     shard: tuple[int, int] | None = None
     shard_source: str | None = None  # where ``shard`` came from, in words (see ``parse_shard``)
@@ -124,14 +132,33 @@ class RunConfig:
         return cls(**values)
 
 
-# Keys a TOML preset may set at its top level, with the type each must have.
-TOML_KEYS: dict[str, type | tuple[type, ...]] = {
-    "model": str, "weights": str, "weights_key": str, "trust_checkpoint": bool, "labels": (str, list), "methods": list,
-    "method": (str, list),
-    "target": (str, int), "layer": str, "device": str, "batch_size": (int, str), "chunk": (int, str),
-    "workers": int, "precision": str, "optimize": bool, "max_failures": (int, str),
-    "seed": int, "colormap": str, "alpha": (int, float), "preprocess": dict, "description": str,
-}
+
+
+def presets() -> dict[str, Path]:
+    """The presets that ship with salcli, by name (the file's stem), for ``--config resnet50``. Installed, they
+    are the package's ``salcli/configs/`` (pyproject.toml maps the repository's ``configs/`` there); in a source
+    checkout or an editable install, ``configs/`` beside the package."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "configs", here.parent / "configs"):
+        if folder.is_dir():
+            return {p.stem: p for p in sorted(folder.glob("*.toml"))}
+    return {}
+
+
+def find_config(value: str | Path) -> Path:
+    """``--config``: a TOML file, or the name of a preset that ships with salcli (``resnet50`` or
+    ``resnet50.toml``); a file of that name wins. Neither is a usage error listing the presets."""
+    path = Path(value)
+    if path.exists():
+        return path
+    shipped = presets()
+    name = path.name[:-len(".toml")] if path.name.endswith(".toml") else path.name
+    if str(path) == path.name and name in shipped:  # a bare name, not a path
+        return shipped[name]
+    hint = (f" Did you mean '{name}' (a preset that ships with salcli)?" if name in shipped
+            else did_you_mean(name, shipped))
+    raise UsageError(f"config file not found: {value}.{hint} {setting('config_file')} takes a TOML file or the name "
+                     f"of a preset that ships with salcli: {', '.join(shipped) or 'none found'}")
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -151,18 +178,17 @@ def read_toml(path: Path) -> dict[str, Any]:
     if "method" in data:  # `method = [...]` lists methods beside [methods.NAME] parameter tables
         chosen = data.pop("method")
         data["methods"] = [chosen] if isinstance(chosen, str) else chosen
-    for key, value in data.items():
-        if key == "params":
-            continue
-        if key not in TOML_KEYS:
-            raise UsageError(f"unknown key '{key}' in {path}.{did_you_mean(key, TOML_KEYS)} "
-                             f"Valid keys: {', '.join(sorted(TOML_KEYS))}, [methods.NAME] tables")
-        if not isinstance(value, TOML_KEYS[key]):
-            raise UsageError(f"'{key}' in {path} has the wrong type ({type(value).__name__})")
+    from .schema import KEYS, check_preset
+
+    for key in data:
+        if key != "params" and key not in KEYS:
+            raise UsageError(f"unknown key '{key}' in {path}.{did_you_mean(key, KEYS)} "
+                             f"Valid keys: {', '.join(sorted(KEYS))}, [methods.NAME] tables")
     pre = data.get("preprocess", {})
-    for key in pre:
+    for key in pre if isinstance(pre, dict) else ():
         if key not in PREPROCESS_KEYS:
             raise UsageError(f"unknown key 'preprocess.{key}' in {path}; valid: {', '.join(PREPROCESS_KEYS)}")
+    check_preset(data, str(path))
     for key in ("weights", "labels"):
         value = data.get(key)
         if isinstance(value, str) and _looks_like_path(value):
@@ -193,6 +219,42 @@ def parse_param(text: str) -> tuple[str, str, str]:
     if not sep or not dot or not method or not key:
         raise UsageError(f"-p takes METHOD.KEY=VALUE, for example smoothgrad.samples=25; got '{text}'")
     return method.strip(), key.strip(), value.strip()
+
+
+def parse_methods(values: Any, everything: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """Method names as typed (``-m``, repeatable, or a preset's list) -> registered names, in order, without
+    repeats. A value may be a comma-separated list; a name may be spelt in any case, with or without '-', '_'
+    and spaces, or as an alias (``GradCAM``, ``grad-cam``, ``Saliency``); ``all`` stands for every registered
+    method in registry order (or for ``everything`` when given). Imports the method registry (torch)."""
+    from . import methods as registry
+
+    found: list[str] = []
+    saw_all = False
+    for value in ([values] if isinstance(values, str) else values):
+        for part in str(value).split(","):
+            part = part.strip()
+            if part.lower() == "all":
+                saw_all = True
+                found += registry.names() if everything is None else list(everything)
+            elif part:
+                found.append(registry.canonical(part))
+    if not found and not saw_all:
+        raise UsageError(f"{setting('methods')} takes method names, such as vanilla or gradcam,smoothgrad; got "
+                         f"{', '.join(map(repr, [values] if isinstance(values, str) else values))}")
+    return tuple(dict.fromkeys(found))
+
+
+def canonical_params(params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``{method as typed: {key: value}}`` -> keyed by registered names; tables naming the same method under
+    two spellings are merged, the later winning."""
+    if not params:
+        return params
+    from . import methods as registry
+
+    merged: dict[str, dict[str, Any]] = {}
+    for method, table in params.items():
+        merged.setdefault(registry.canonical(method), {}).update(table)
+    return merged
 
 
 @dataclass(frozen=True)
@@ -350,6 +412,32 @@ def check_device(device: str) -> str:
     return device
 
 
+OVERLAY_ON = ("original", "input")
+SIGN_MODES = ("all", "positive", "negative", "absolute")  # maps.SIGN_MODES (config imports no torch)
+SCALES = ("image", "run")
+
+
+def check_display(on: str, size: Any, sign: str, scale: Any) -> str:
+    """Check ``--overlay-on``, ``--overlay-size``, ``--sign`` and ``--scale``; returns the scale as text."""
+    if on not in OVERLAY_ON:
+        raise UsageError(f"{setting('overlay_on')} takes {' or '.join(OVERLAY_ON)}; got '{on}'")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 16:
+        raise UsageError(f"{setting('overlay_size')} takes a pixel count of at least 16; got '{size}'")
+    if sign not in SIGN_MODES:
+        raise UsageError(f"{setting('sign')} takes one of {', '.join(SIGN_MODES)}; got '{sign}'")
+    text = str(scale).strip()
+    if text in SCALES:
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise UsageError(f"{setting('scale')} takes image, run or a positive number (the map value that saturates "
+                         f"the colours); got '{text}'")
+    return text
+
+
 def build_config(cli: dict[str, Any]) -> RunConfig:
     """Merge a preset (``cli['config_file']``) with the command-line values that were given (not None)."""
     return build_overrides(cli)[0]
@@ -362,7 +450,8 @@ def build_overrides(cli: dict[str, Any]) -> tuple[RunConfig, frozenset[str]]:
     preset_params: dict[str, dict[str, Any]] = {}
     config_file = cli.get("config_file")
     if config_file is not None:
-        preset = read_toml(Path(config_file))
+        cli["config_file"] = config_file = find_config(config_file)  # a file, or a preset's name (resnet50)
+        preset = read_toml(config_file)
         preset.pop("description", None)
         preset_params = preset.pop("params", {})
         for key, table in preset_params.items():
@@ -384,10 +473,12 @@ def build_overrides(cli: dict[str, Any]) -> tuple[RunConfig, frozenset[str]]:
             values["preprocess"][key] = tuple(float(v) for v in values["preprocess"][key])
 
     params = {m: dict(t) for m, t in preset_params.items()}
+    typed_params = []  # methods given -p on the command line: each must be selected (a preset may hold more)
     for text in cli.pop("params", None) or ():
         method, key, value = parse_param(text)
         params.setdefault(method, {})[key] = value
-    values["params"] = params
+        typed_params.append((method, text))
+    values["params"] = canonical_params(params)  # -p GradCAM.x and [methods.grad-cam] mean gradcam
 
     for key, value in cli.items():
         if value is None or key in ("params",):
@@ -398,9 +489,10 @@ def build_overrides(cli: dict[str, Any]) -> tuple[RunConfig, frozenset[str]]:
     given = frozenset(k for k in values if k not in ("preprocess", "params")) | (
         {"preprocess"} if values["preprocess"] else set()) | ({"params"} if values["params"] else set())
     if "methods" in values:
-        values["methods"] = tuple(dict.fromkeys(values["methods"]))  # keep order, drop repeats
+        values["methods"] = parse_methods(values["methods"])  # comma lists, aliases, all; in order, no repeats
     if "labels" in values and isinstance(values["labels"], Path):
         values["labels"] = str(values["labels"])
+    _check_params_selected(typed_params, values.get("methods", RunConfig.methods))
     values["batch_size"] = parse_batch_size(values.get("batch_size", "auto"))
     values["max_failures"] = parse_max_failures(values.get("max_failures", "0"))
     values["chunk"] = parse_batch_size(values.get("chunk", "auto"), setting("chunk"))
@@ -418,11 +510,69 @@ def build_overrides(cli: dict[str, Any]) -> tuple[RunConfig, frozenset[str]]:
         values["inputs"] = tuple(Path(p) for p in values["inputs"])
     if values.get("out") is not None:
         values["out"] = Path(values["out"])
+    _absolute_paths(values)
     if not 0.0 <= float(values.get("alpha", 0.5)) <= 1.0:
         raise UsageError(f"{setting('alpha')} must be between 0 and 1")
+    values["scale"] = check_display(values.get("overlay_on", "original"), values.get("overlay_size", 512),
+                                    values.get("sign", "all"), values.get("scale", "image"))
+    if values["scale"] == "run" and values.get("shard") is not None:
+        raise UsageError(f"{setting('scale')} run needs every image in one process, and {setting('shard')} gives "
+                         f"this one a slice; use {setting('scale')} image, or a fixed {setting('scale')} VALUE "
+                         "(the same in every shard)")
     if values.get("workers") is not None and values["workers"] < 0:
         raise UsageError(f"{setting('workers')} must be 0 or more")
     return RunConfig(**values), given
+
+
+NAMED_PREFIXES = ("builtin:", "torchvision:", "timm:")  # model specs that name no file
+
+
+def absolute_spec(spec: str) -> str:
+    """A model spec with the file or folder it names made absolute (``net.py:build``, ``hf:./dir``, ``m.pt``),
+    so that a run's settings mean the same from any working directory; named specs are kept."""
+    if spec.startswith(NAMED_PREFIXES):
+        return spec
+    if spec.startswith("hf:"):
+        folder = Path(spec[3:]).expanduser()
+        return f"hf:{folder.resolve()}" if folder.is_dir() else spec
+    if ":" in spec and not Path(spec).exists():
+        target, func = spec.rsplit(":", 1)
+        return f"{Path(target).expanduser().resolve()}:{func}" if target.endswith(".py") else spec
+    return str(Path(spec).expanduser().resolve()) if Path(spec).expanduser().exists() else spec
+
+
+def _absolute_paths(values: dict[str, Any]) -> None:
+    """Every path a run depends on, made absolute in place (``evaluate OUT`` reloads them from run.json, maybe
+    from another folder; the command as typed stays in run.json's ``argv``)."""
+    if isinstance(values.get("model"), str):
+        values["model"] = absolute_spec(values["model"])
+    weights = values.get("weights")
+    if isinstance(weights, (str, Path)) and str(weights) != "DEFAULT":
+        values["weights"] = str(Path(weights).expanduser().resolve())
+    labels = values.get("labels")
+    if isinstance(labels, (str, Path)) and str(labels) != "imagenet":
+        values["labels"] = str(Path(labels).expanduser().resolve())
+    for key in ("config_file", "root"):
+        if values.get(key) is not None:
+            values[key] = Path(values[key]).expanduser().resolve()
+    if values.get("files_from") is not None and str(values["files_from"]) != "-":
+        values["files_from"] = Path(values["files_from"]).expanduser().resolve()
+    for table in values.get("params", {}).values():
+        if isinstance(table.get("references"), str) and table["references"]:
+            table["references"] = str(Path(table["references"]).expanduser().resolve())
+
+
+def _check_params_selected(typed: list[tuple[str, str]], chosen) -> None:
+    """A ``-p METHOD.KEY=VALUE`` for a method that does not run would be ignored: a usage error instead."""
+    from . import methods as registry
+
+    if not typed:
+        return
+    selected = {registry.get(m).name for m in chosen if m != "all"} if "all" not in chosen else None
+    for method, text in typed:
+        if selected is not None and registry.get(method).name not in selected:
+            raise UsageError(f"{setting('params')} {text}: {method} is not among the chosen methods "
+                             f"({', '.join(chosen)}); add {setting('methods')} {method} or drop the parameter")
 
 
 def with_(config: RunConfig, **changes: Any) -> RunConfig:

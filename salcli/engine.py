@@ -68,8 +68,8 @@ def auto_chunk(batch_size: int, preprocess: Preprocess, device: torch.device) ->
 
 def make_methods(chosen, params: dict[str, dict[str, Any]] | None) -> list[registry.Method]:
     params = params or {}
-    for name in params:
-        registry.get(name)  # an unknown method given parameters is an error, even if not selected
+    for name, table in params.items():
+        registry.create(name, table)  # unknown methods, keys and bad values are errors, even if not selected
     found = []
     for m in ([chosen] if isinstance(chosen, (str, registry.Method)) else chosen):
         found.append(m if isinstance(m, registry.Method) else registry.create(m, params.get(m)))
@@ -149,9 +149,10 @@ class Explainer:
             from . import layers
 
             if isinstance(self.model, torch.jit.ScriptModule):
-                names = ", ".join(m.name for m in self.methods if m.needs_layer)
-                raise UsageError(f"{names} need a layer hook, which TorchScript models cannot take; use an "
-                                 "input-gradient method or load the model from a factory")
+                layered = [m.name for m in self.methods if m.needs_layer]
+                verb = "needs" if len(layered) == 1 else "need"
+                raise UsageError(f"{', '.join(layered)} {verb} a layer hook, which TorchScript models cannot take; "
+                                 "use an input-gradient method or load the model from a factory")
             self.layer = layers.resolve_layer(self.model, self.layer_name, example)
         keep = {self.layer.name} if self.layer is not None else set()
         self.fast = fastpath.prepare(self.model, example, self.optimize, self.precision, keep=keep)

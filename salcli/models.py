@@ -33,6 +33,7 @@ class LoadedModel:
     labels: tuple[str, ...] | None = None  # class names the model or its checkpoint carries
     notes: list[str] = field(default_factory=list)  # what the user should know about how it was loaded
     weights: dict | None = None  # how the weights file was read (checkpoint.describe), for run.json
+    random_weights: bool = False  # nothing trained was loaded: the source's random initialization (seeded)
 
     @property
     def scripted(self) -> bool:
@@ -49,9 +50,11 @@ def sha256(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- loading
 def load_model(spec: str, weights: str | None = None, trust: bool = False,
-               weights_key: str | None = None) -> LoadedModel:
+               weights_key: str | None = None, seed: int = 0) -> LoadedModel:
     """Build the model named by ``spec`` (see ``salcli.sources``), load ``weights`` into it, put it in eval mode.
-    ``weights_key``: the entry of a checkpoint dict that holds the state dict (default: found).
+    ``weights_key``: the entry of a checkpoint dict that holds the state dict (default: found). The model is
+    built under the global generator seeded with ``seed`` (restored after), so that whatever the source leaves
+    at random initialization is the same on every run; ``random_weights`` says when nothing trained was loaded.
 
     Parameters are frozen (``requires_grad=False``): salcli only ever differentiates with respect to inputs.
     """
@@ -59,13 +62,16 @@ def load_model(spec: str, weights: str | None = None, trust: bool = False,
     if weights == "DEFAULT" and not source.loads_own_weights(weights):
         raise UsageError(f"{setting('weights')} DEFAULT means torchvision's published weights; it needs "
                          f"{setting('model')} torchvision:NAME")
-    loaded = source.build(spec, weights, trust)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loaded = source.build(spec, weights, trust)
     if weights is not None and not source.loads_own_weights(weights):
         path = sources.existing_file(weights, "weights")
         report = load_weights(loaded.module, path, weights_key, trust)
         loaded.checksums[str(path)] = sha256(path)
         loaded.weights, loaded.labels = report.info, report.labels or loaded.labels
         loaded.notes += report.notes
+        loaded.random_weights = False
     elif weights_key is not None:
         raise UsageError(f"{setting('weights_key')} names an entry of the {setting('weights')} file; give both")
     if loaded.kind != "export":  # an exported program is traced in the mode it was exported in

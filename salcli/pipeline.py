@@ -20,17 +20,22 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from . import images, outputs, provenance, render
+from . import images, outputs, overlay, provenance
 from .config import RunConfig
 from .engine import ModelFailure
+from .outputs.journal import PRUNED
 from .errors import UsageError, setting
 from .resolve import Resolved, resolve
+
+
+GONE_SHOWN = 20  # gone images named in the summary (all are counted)
 
 
 class Reporter(Protocol):
     def start(self, total: int) -> None: ...
     def advance(self, n: int) -> None: ...
     def note(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
     def finish(self) -> None: ...
 
 
@@ -38,6 +43,7 @@ class SilentReporter:
     def start(self, total: int) -> None: ...
     def advance(self, n: int) -> None: ...
     def note(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
     def finish(self) -> None: ...
 
 
@@ -50,6 +56,11 @@ class RunSummary:
     device: str
     errors: list[dict[str, str]] = field(default_factory=list)
     max_failures: str = "0"  # failed records allowed before exit 1 (``--max-failures``)
+    # images by what this run did with them: new (no record before), redone (a method recomputed: new settings,
+    # a replaced file, a method added), unchanged (every method skipped), gone (records in OUT, no longer an
+    # input; their outputs are removed with --prune, and then counted as pruned)
+    changes: dict[str, int] = field(default_factory=dict)
+    gone: list[str] = field(default_factory=list)  # the first GONE_SHOWN gone images
 
     @property
     def exit_code(self) -> int:
@@ -71,6 +82,7 @@ class Job:
     settings: dict[str, str]  # method -> fingerprint of everything its outputs depend on
     workers: int
     content: dict[str, dict[str, int]] = field(default_factory=dict)  # key -> the file's size and mtime_ns
+    changes: dict[str, int] = field(default_factory=dict)  # new / redone / unchanged / gone / pruned images
 
 
 def plan_job(config: RunConfig, reporter: Reporter) -> Job:
@@ -82,6 +94,10 @@ def plan_job(config: RunConfig, reporter: Reporter) -> Job:
         raise UsageError(f"give the inputs as arguments or with {setting('files_from')}, not both")
     paths = images.read_file_list(config.files_from) if listed else list(config.inputs)
     items = images.discover(paths, exclude=config.out, listed=listed, root=config.root)
+    if not items:  # a CI job with a path typo, or a folder that is not there yet, must not pass
+        where = ", ".join(str(p) for p in paths)
+        raise UsageError(f"no images in {where} (searched recursively for {', '.join(sorted(images.EXTENSIONS))}); "
+                         "check the path")
     if config.shard is not None:
         items = images.shard(items, *config.shard)
         reporter.note(f"shard {config.shard[0]}/{config.shard[1]} ({config.shard_source}): {len(items)} image(s)")
@@ -140,12 +156,19 @@ def run(config: RunConfig, reporter: Reporter | None = None, argv: list[str] | N
     writer = outputs.OutputWriter(config.out, shard=config.shard, keys={item.key for item in job.items})
     interrupted = False
     todo: list[int] = []
+    gone: list[str] = []
     try:
         with _signals_as_interrupts():
             todo = _pending_images(job, writer)
+            gone = writer.gone({item.key for item in job.items})
+            job.changes["gone"] = len(gone)
+            if gone and config.prune:
+                writer.prune(gone)
+                job.changes["pruned"] = len(gone)
             reporter.start(len(job.items))
             reporter.advance(len(job.items) - len(todo))
             _explain(job, todo, writer, reporter)
+            overlay.redraw_at_run_scale(job.resolved, writer, job.items, job.workers)  # --scale run only
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -156,6 +179,8 @@ def run(config: RunConfig, reporter: Reporter | None = None, argv: list[str] | N
         counts = {s: 0 for s in ("ok", "error", "skipped")}
         errors = []
         for rec in writer.records.values():  # one pass: each record is parsed from its JSON line once
+            if rec["status"] == PRUNED:
+                continue  # a tombstone: counted in job.changes
             counts[rec["status"]] = counts.get(rec["status"], 0) + 1
             if rec["status"] == "error":
                 errors.append({"image": rec["image"], "method": rec["method"], "error": rec["error"]})
@@ -165,23 +190,29 @@ def run(config: RunConfig, reporter: Reporter | None = None, argv: list[str] | N
                    "images_per_second": round(computed / max(finished - loaded_at, 1e-9), 3) if computed else None}
         info = provenance.run_info(job.resolved, job.settings, images=len(job.items), workers=job.workers,
                                    counts=counts, timings=timings, argv=argv, interrupted=interrupted)
+        info["changes"] = dict(job.changes)
         writer.write_run_part(info)
         if config.shard is None:  # one process owns OUT: merge now; shards are merged by `salcli merge`
             writer.write_manifest()
             writer.write_run_json(info, None)
             writer.drop_journal()  # the manifest holds its records now
     return RunSummary(str(config.out), counts, len(job.items), round(time.time() - started, 3),
-                      str(job.resolved.device), errors, config.max_failures)
+                      str(job.resolved.device), errors, config.max_failures, dict(job.changes), gone[:GONE_SHOWN])
 
 
 def _pending_images(job: Job, writer: outputs.OutputWriter) -> list[int]:
-    """Indices of images with at least one method to compute; records skips for the rest."""
+    """Indices of images with at least one method to compute; records skips for the rest, and counts the
+    images as new, redone or unchanged in ``job.changes``."""
     todo = []
     overwrite = job.resolved.config.overwrite
+    changes = job.changes
+    changes.update(new=0, redone=0, unchanged=0)
     for index, item in enumerate(job.items):
         job.content[item.key] = content = _content(item)
         pending = False
+        seen = False
         for m in job.resolved.methods:
+            seen = seen or writer.previous.get((item.key, m.name), {}).get("status") not in (None, PRUNED)
             prev = None if overwrite else writer.done_before(item.key, m.name, job.settings[m.name], content)
             if prev is None:
                 pending = True
@@ -189,6 +220,7 @@ def _pending_images(job: Job, writer: outputs.OutputWriter) -> list[int]:
                 writer.add({**prev, "status": "skipped", "error": None})
         if pending:
             todo.append(index)
+        changes["redone" if pending and seen else "new" if pending else "unchanged"] += 1
     return todo
 
 
@@ -206,7 +238,7 @@ def _explain(job: Job, todo: list[int], writer: outputs.OutputWriter, reporter: 
     if not todo:
         return
     resolved = job.resolved
-    dataset = images.ImageDataset(job.items, resolved.preprocess)
+    dataset = images.ImageDataset(job.items, resolved.preprocess, display=resolved.config.overlay_size)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, todo), batch_size=resolved.batch_size, shuffle=False,
         num_workers=job.workers, collate_fn=images.collate, persistent_workers=False,
@@ -259,6 +291,10 @@ def _explain_batch(job: Job, batch: dict, writer: outputs.OutputWriter) -> None:
         return
     facts = result.facts(resolved.labels)
     sources = {g["key"]: str(job.items[g["index"]].path.resolve()) for g in good}
+    for g in good:  # the picture the report shows beside the overlays, once per image
+        if g.get("picture") is not None:
+            writer.submit_picture(g["key"], g["picture"])
+    display = overlay.Display.from_config(resolved.config)
     for m in resolved.methods:
         done = result.rows.get(m.name, [])
         failure = result.failures.get(m.name)
@@ -273,13 +309,13 @@ def _explain_batch(job: Job, batch: dict, writer: outputs.OutputWriter) -> None:
         for row, i in enumerate(done):
             rec = provenance.record(keys[i], m.name, job.settings[m.name], status="ok", error=None, **facts[i],
                                     source=sources[keys[i]], **job.content[keys[i]],
-                                    **{n: values[row] for n, values in extras.items()})
-            writer.submit(rec, saliency[row], _renderer(resolved.config, good[i]["pixels"], saliency[row], facts[i]))
+                                    **{n: values[row] for n, values in extras.items()},
+                                    **overlay.record_fields(display, m, good[i], saliency[row]))
+            writer.submit(rec, saliency[row], _renderer(job, display, m, good[i], saliency[row], facts[i]))
 
 
-def _renderer(config: RunConfig, pixels: np.ndarray, saliency: np.ndarray, facts: dict[str, Any]):
-    name = facts["pred_label"] if facts["pred_label"] is not None else f"class {facts['pred']}"
-    caption = f"pred {name} {facts['prob']:.0%}"
-    if facts["target"] != facts["pred"]:
-        caption += f" | map for {facts['target_label'] or facts['target']}"
-    return lambda: render.overlay(pixels, saliency, config.colormap, config.alpha, caption)
+def _renderer(job: Job, display: overlay.Display, method, item: dict[str, Any], saliency: np.ndarray,
+              facts: dict[str, Any]):
+    """The overlay of one map, drawn on a writer thread: on the original picture or the input crop, signed maps
+    in blue and red, with a caption and a legend (``overlay``)."""
+    return overlay.renderer(display, job.resolved.preprocess.resize, method, item, saliency, facts)

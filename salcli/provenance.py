@@ -25,7 +25,8 @@ def method_settings(resolved) -> dict[str, str]:
     common = {"model": config.model, "checksums": resolved.model.checksums, "weights": config.weights,
               "preprocess": dataclasses.asdict(resolved.preprocess), "target": resolved.target,
               "layer": resolved.layer, "seed": config.seed, "colormap": config.colormap, "alpha": config.alpha,
-              "labels": fingerprint(resolved.labels)}
+              "labels": fingerprint(resolved.labels),
+              "overlay": [getattr(config, k, None) for k in ("overlay_on", "overlay_size", "sign", "scale")]}
     if (resolved.model.weights or {}).get("key"):
         common["weights_key"] = resolved.model.weights["key"]  # which entry of the file the weights came from
     if config.precision != "fp32":
@@ -55,6 +56,8 @@ def run_info(resolved, settings: dict[str, str], *, images: int, workers: int, c
         torchvision_version = version("torchvision")  # importing torchvision costs seconds (it imports dynamo)
     except PackageNotFoundError:
         torchvision_version = None
+    from . import geometry, overlay
+
     config, engine = resolved.config, resolved.explainer
     return {
         "salcli_version": __version__,
@@ -62,8 +65,11 @@ def run_info(resolved, settings: dict[str, str], *, images: int, workers: int, c
         "settings": config.to_json(),
         "model": {"spec": config.model, "kind": resolved.model.kind, "weights": config.weights,
                   "sha256": resolved.model.checksums, "trusted": config.trust_checkpoint,
+                  "random_weights": resolved.model.random_weights,
                   "weights_read": resolved.model.weights, "notes": [word(n) for n in resolved.model.notes]},
         "preprocess": dataclasses.asdict(resolved.preprocess),
+        "geometry": geometry.describe(resolved.preprocess),  # how a map maps back onto its original picture
+        "overlay": overlay.describe(resolved),  # how the overlays were drawn
         "labels": list(resolved.labels) if resolved.labels else None,
         "methods": {m.name: {"params": dataclasses.asdict(m.params), "settings": settings[m.name]}
                     for m in resolved.methods},

@@ -47,7 +47,13 @@ def resolve(config: RunConfig, reporter=None, *, default_batch: int | None = Non
     render.colormap_lut(config.colormap)
     preprocess, labels, note = models.resolve_preset(config)
     device = resolve_device(config.device)
-    loaded = models.load_model(config.model, config.weights, config.trust_checkpoint, config.weights_key)
+    loaded = models.load_model(config.model, config.weights, config.trust_checkpoint, config.weights_key,
+                               config.seed)
+    if reporter is not None and loaded.random_weights:
+        getattr(reporter, "warn", reporter.note)(
+            f"{config.model} has random weights (no {setting('weights')}): its predictions and maps describe an "
+            f"untrained network. They are seeded by {setting('seed')}, so reruns agree; give {setting('weights')} "
+            "FILE (or DEFAULT for torchvision's published weights) to explain a trained model")
     if reporter is not None:
         for line in [*loaded.notes, *([note] if note else [])]:  # once the model loaded: no note before an error
             reporter.note(line)

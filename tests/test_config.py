@@ -125,15 +125,41 @@ def test_build_config_command_line_overrides_preset(tmp_path):
     p = _preset(tmp_path, PRESET)
     c = build_config(_cli(config_file=p, seed=3, colormap="jet", crop=24, mean="0.1,0.2,0.3",
                           params=["smoothgrad.samples=9", "rise.masks=10"], model="builtin:fashion-mnist",
-                          alpha=None, methods=[]))
+                          alpha=None, methods=["smoothgrad", "rise"]))
     assert c.seed == 3 and c.colormap == "jet" and c.model == "builtin:fashion-mnist"
     assert c.alpha == 0.3  # None on the command line means "not given"
     assert c.preprocess["crop"] == 24 and c.preprocess["resize"] == 32
     assert c.preprocess["mean"] == (0.1, 0.2, 0.3) and c.preprocess["std"] == (0.25,)
     assert c.params["smoothgrad"] == {"samples": "9", "sigma": 0.1}
     assert c.params["rise"] == {"masks": "10"}
-    assert c.params["vanilla"] == {"foo": 1}
-    assert c.methods == ("vanilla",)  # an empty -m list keeps the default
+    assert c.params["vanilla"] == {"foo": 1}  # a preset's table for a method that does not run is kept
+    assert build_config(_cli(config_file=p, methods=[])).methods == ("vanilla",)  # an empty -m list: the default
+
+
+def test_a_typed_parameter_for_a_method_that_does_not_run_is_an_error(tmp_path):
+    with pytest.raises(UsageError, match="smoothgrad is not among the chosen methods \\(vanilla\\)"):
+        build_config(_cli(params=["smoothgrad.samples=9"]))
+    with pytest.raises(UsageError, match="rise is not among the chosen methods \\(smoothgrad\\)"):
+        build_config(_cli(params=["smoothgrad.samples=9", "rise.masks=10"], methods=["smoothgrad"]))
+    assert build_config(_cli(params=["smoothgrad.samples=9"], methods=["smoothgrad"])).params == {
+        "smoothgrad": {"samples": "9"}}
+
+
+def test_paths_are_stored_absolute(tmp_path, monkeypatch):
+    """evaluate OUT reloads the run's model from run.json, maybe from another folder (issue 13, item 6)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text("def build(): pass\n")
+    (tmp_path / "w.pt").write_bytes(b"")
+    (tmp_path / "labels.txt").write_text("a\n")
+    (tmp_path / "refs").mkdir()
+    c = build_config(_cli(model="net.py:build", weights="w.pt", labels="labels.txt", methods=["gradient-shap"],
+                          params=["gradient-shap.references=refs"]))
+    assert c.model == f"{tmp_path / 'net.py'}:build" and c.weights == str(tmp_path / "w.pt")
+    assert c.labels == str(tmp_path / "labels.txt")
+    assert c.params["gradient-shap"]["references"] == str(tmp_path / "refs")
+    for spec in ("builtin:fashion-mnist", "torchvision:resnet18", "timm:resnet50.a1_in1k", "package.module:build"):
+        assert build_config(_cli(model=spec)).model == spec
+    assert build_config(_cli(model="torchvision:resnet18", weights="DEFAULT")).weights == "DEFAULT"
 
 
 def test_build_config_methods_list_in_preset(tmp_path):

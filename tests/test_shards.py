@@ -178,9 +178,10 @@ def test_run_json_round_trip_keeps_the_new_fields():
     config = build_config({"inputs": [Path("imgs")], "out": Path("out"), "shard": "1/3",
                            "files_from": "list.txt", "no_shard": None})
     data = json.loads(json.dumps(config.to_json()))
-    assert data["files_from"] == "list.txt" and data["shard_source"] == "given"
+    listed = Path("list.txt").resolve()  # stored absolute: evaluate may run from another folder
+    assert data["files_from"] == str(listed) and data["shard_source"] == "given"
     back = RunConfig.from_json(data)
-    assert back.files_from == Path("list.txt") and back.shard == (1, 3) and back == config
+    assert back.files_from == listed and back.shard == (1, 3) and back == config
 
 
 # ---------------------------------------------------------------------------------------------- --files-from

@@ -10,7 +10,6 @@ and records the sink's name in run.json as ``format``, so ``open_sink`` later fi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import os
@@ -112,18 +111,22 @@ def png_bytes(image: np.ndarray, level: int = PNG_COMPRESS_LEVEL) -> bytes:
 
 @contextlib.contextmanager
 def locked(out: Path) -> Iterator[None]:
-    """An exclusive lock on OUT/.salcli.lock for read-merge-write of shared files."""
+    """An exclusive lock on OUT/.salcli.lock for read-merge-write of shared files (filelock: flock on POSIX,
+    msvcrt on Windows). A file system without locks (Lustre mounted noflock, NFS nolock) gets none: each shard
+    writes its own files, so only run.json's shard table could lose an entry, and ``salcli merge`` rebuilds it."""
+    from filelock import FileLock, Timeout
+
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".salcli.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        except OSError:  # ENOSYS on Lustre noflock, ENOLCK on NFS nolock: no process shares a file without it
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    lock = FileLock(str(out / ".salcli.lock"), thread_local=False)
+    try:
+        lock.acquire(timeout=600)
+    except (OSError, NotImplementedError, Timeout):
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def read_manifest(out: Path) -> list[dict[str, Any]]:
@@ -198,6 +201,32 @@ class OutputWriter:
             return None  # the file was replaced under the same name: redo it
         return rec if self.sink.complete(rec) else None
 
+    def gone(self, keys: set[str]) -> list[str]:
+        """Images with records in OUT (merged manifest or parts) that are not among ``keys``, this run's images:
+        deleted or moved since. A shard counts only the images its slice would hold."""
+        from . import journal
+        from ..images import shard_of
+
+        found = journal.images(journal.sources(self.out, self.out / MANIFEST)) - keys
+        if self.shard is not None:
+            found = {k for k in found if shard_of(k, self.shard[1]) == self.shard[0]}
+        return sorted(found)
+
+    def prune(self, keys: list[str]) -> int:
+        """Remove the outputs of ``keys`` and record a tombstone for each of their (image, method) records, so
+        that the merged manifest leaves them out. Returns the number of records pruned."""
+        from . import journal
+
+        wanted = set(keys)
+        pruned = 0
+        for (image, method), rec in journal.latest(journal.sources(self.out, self.out / MANIFEST), wanted).items():
+            self.sink.discard(rec)
+            self.sink.discard_picture(image)  # and the picture of the report's original column
+            self.add({"image": image, "method": method, "status": journal.PRUNED, "settings": rec.get("settings")})
+            pruned += 1
+        self.checkpoint()
+        return pruned
+
     # -- writing
     def submit(self, record: dict[str, Any], saliency: np.ndarray, render: Callable[[], np.ndarray]) -> None:
         """Queue the map (H, W) and the overlay (``render()``, called on a writer thread) of one (image, method)
@@ -207,6 +236,15 @@ class OutputWriter:
         self._pending.append((future, record))
         if len(self._pending) > 64:
             self.drain(wait_all=False)
+
+    def submit_picture(self, key: str, picture: np.ndarray) -> None:
+        """Queue image ``key``'s picture (the original scaled to fit ``--overlay-size``, uint8 (h, w, 1 or 3)) for
+        the sink, once per image: the report's original column. A failed write costs only that column's cell."""
+        def write() -> None:
+            with contextlib.suppress(Exception):
+                self.sink.write_picture(key, picture)
+
+        self._pool.submit(write)
 
     def drain(self, wait_all: bool = True) -> None:
         """Collect finished writes (all of them if ``wait_all``); a failed write marks its record ``error``."""

@@ -96,6 +96,23 @@ def sources(out: Path, manifest: Path) -> list[Path]:
     return [manifest, *part_files(out)]
 
 
+PRUNED = "pruned"  # the status of a tombstone: the image's outputs were removed (``explain --prune``)
+
+
+def is_pruned(line: str) -> bool:
+    """Whether a record line is a tombstone (cheap: most lines do not contain the word at all)."""
+    return f'"{PRUNED}"' in line and json.loads(line).get("status") == PRUNED
+
+
+def images(paths: list[Path]) -> set[str]:
+    """The images that have a record over ``paths`` whose last record is not a tombstone."""
+    last: dict[tuple[str, str], bool] = {}
+    for path in paths:
+        for key, line in read_lines(path):
+            last[key] = is_pruned(line)
+    return {image for (image, _), pruned in last.items() if not pruned}
+
+
 def latest(paths: list[Path], keys: set | None = None) -> dict[tuple[str, str], dict]:
     """The last record per (image, method) over ``paths`` (only images in ``keys`` when given)."""
     found: dict[tuple[str, str], dict] = {}
@@ -109,7 +126,8 @@ def latest(paths: list[Path], keys: set | None = None) -> dict[tuple[str, str], 
 def merged_lines(paths: list[Path], bucket_bytes: int = 64 << 20) -> Iterator[str]:
     """Every (image, method)'s last line over ``paths``, sorted by (image, method), in bounded memory: records
     are spilled to sorted runs of at most ``bucket_bytes`` (each line tagged with its source order), and the runs
-    are merged with a heap; of the lines of one key the last one written wins."""
+    are merged with a heap; of the lines of one key the last one written wins, and a key whose last line is a
+    tombstone (``PRUNED``) is left out."""
     with tempfile.TemporaryDirectory(prefix="salcli-merge-") as tmp:
         runs, batch, size, order = [], [], 0, 0
         for path in paths:
@@ -124,10 +142,10 @@ def merged_lines(paths: list[Path], bucket_bytes: int = 64 << 20) -> Iterator[st
             runs.append(_spill(Path(tmp), len(runs), batch))
         previous, pending = None, None
         for key, _, line in heapq.merge(*(_read_run(r) for r in runs)):
-            if key != previous and pending is not None:
+            if key != previous and pending is not None and not is_pruned(pending):
                 yield pending
             previous, pending = key, line
-        if pending is not None:
+        if pending is not None and not is_pruned(pending):
             yield pending
 
 

@@ -55,7 +55,7 @@ class Timm(Source):
                                                                      f"timm ({ALLOW_DOWNLOAD}=1)"])
         module = _create(timm, name, False)
         if path is None:
-            return LoadedModel(module, spec, self.name, notes=[_random_note(spec, name, cfg)])
+            return LoadedModel(module, spec, self.name, notes=[_random_note(spec, name, cfg)], random_weights=True)
         try:
             load_weights(module, path)
         except ModelLoadError:  # a layout timm converts on load (its filter_fn): let timm read the same file

@@ -22,7 +22,7 @@ class Torchvision(Source):
     def build(self, spec, weights, trust):
         from ..models import LoadedModel
 
-        return LoadedModel(_torchvision(spec[len(PREFIX):], weights), spec, self.name)
+        return LoadedModel(_torchvision(spec[len(PREFIX):], weights), spec, self.name, random_weights=weights is None)
 
     def loads_own_weights(self, weights):
         return weights == "DEFAULT"
