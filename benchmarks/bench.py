@@ -73,7 +73,7 @@ class Bench:
         self.model.to(self.device)
         self.weights = work / f"{arch}.pth"
         torch.save(self.model.state_dict(), self.weights)
-        self.photos = sorted((ROOT / "sample_images" / "photos").glob("*.jpg"))
+        self.photos = sorted((ROOT / "sample_photos").glob("*.jpg"))
 
     def jpegs(self, n: int, name: str) -> Path:
         """A folder of n real JPEG photos (the sample photos, copied under new names)."""

@@ -372,7 +372,7 @@ def _print_table(title: str, rows: list[dict], columns: list[str]) -> None:
 
 
 @app.command(epilog="Examples:\n\n"
-             "`salcli evaluate out --masks sample_images/fashion-mnist-masks`\n\n"
+             "`salcli evaluate out --masks sample_masks`\n\n"
              "`salcli evaluate out -m gradcam --min-pointing-game 0.8 --max-deletion-auc 0.3 --json`")
 @with_gates("evaluate")
 def evaluate(

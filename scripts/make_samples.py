@@ -1,5 +1,5 @@
 """Write sample_images/fashion-mnist/<class>/t10k-<index>.png: the first 3 test images of each class, and
-their object masks at sample_images/fashion-mnist-masks/<class>/t10k-<index>.png (the garment is the
+their object masks at sample_masks/fashion-mnist/<class>/t10k-<index>.png (the garment is the
 non-black foreground: pixel value > 0 is white).
 
 Folder names are the class names with '/' replaced by '-' ("T-shirt/top" -> "T-shirt-top"), so the folder
@@ -18,7 +18,7 @@ from salcli.builtin import FASHION_MNIST_LABELS
 from train_fashion_mnist import DATA, read_idx
 
 ROOT = Path(__file__).resolve().parents[1] / "sample_images" / "fashion-mnist"
-MASKS = ROOT.parent / "fashion-mnist-masks"
+MASKS = ROOT.parents[1] / "sample_masks" / "fashion-mnist"
 PER_CLASS = 3
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python scripts/screenshots.py          # docs/overlay_original.png, docs/signed_ig.png, docs/report.png
     .venv/bin/python scripts/screenshots.py --only report
 
-- docs/overlay_original.png: a photo (sample_images/photos/rocket.jpg, 640 x 427) explained with ImageNet's geometry
+- docs/overlay_original.png: a photo (sample_photos/rocket.jpg, 640 x 427) explained with ImageNet's geometry
   (resize 256, center crop 224) twice: --overlay-on input and --overlay-on original (the default). No published
   classifier ships with the repository, so the model is a fixed "edge energy" network written here, no random
   weights (logit 0 = the mean squared Sobel response of the picture); its vanilla gradient lies on the edges, so
@@ -109,7 +109,7 @@ def stacked(rows: list[Image.Image], gap: int = 4) -> Image.Image:
 def overlay_original(tmp: Path) -> None:
     (tmp / "edges.py").write_text(EDGE_MODEL)
     (tmp / "labels.txt").write_text("edge energy\nno edges\n")
-    photo = SAMPLES / "photos" / "rocket.jpg"
+    photo = SAMPLES.parent / "sample_photos" / "rocket.jpg"
     common = ["--model", f"{tmp / 'edges.py'}:build", "--labels", tmp / "labels.txt", "--resize", "256", "--crop",
               "224", "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "-m", "vanilla"]
     for on in ("input", "original"):

@@ -5,7 +5,7 @@
 
 It runs the three public commands and nothing else:
   salcli explain  sample_images/fashion-mnist -o WORK/run  -m <every method>
-  salcli evaluate WORK/run --masks sample_images/fashion-mnist-masks --json
+  salcli evaluate WORK/run --masks sample_masks/fashion-mnist --json
   salcli sanity   sample_images/fashion-mnist -o WORK/sanity -m <every method> --json   (first 16 images)
 """
 
@@ -67,8 +67,8 @@ def main() -> None:
         work = args.workdir or Path(tmp)
         samples = str(ROOT / "sample_images" / "fashion-mnist")
         salcli("explain", samples, "-o", str(work / "run"), *chosen, "--overwrite", "-q")
-        evaluation = salcli("evaluate", str(work / "run"), "--masks", str(ROOT / "sample_images" /
-                                                                           "fashion-mnist-masks"), "--json", "-q")
+        masks = str(ROOT / "sample_masks" / "fashion-mnist")
+        evaluation = salcli("evaluate", str(work / "run"), "--masks", masks, "--json", "-q")
         sanity = salcli("sanity", samples, "-o", str(work / "sanity"), *chosen, "--json", "-q")
     text = table(evaluation, sanity)
     print(text)

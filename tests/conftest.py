@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-SAMPLES = ROOT / "sample_images"
+SAMPLES = ROOT / "sample_images"  # the builtin model's images only: what the README's main job explains
+PHOTOS = ROOT / "sample_photos"
 TINY = f"{FIXTURES / 'tiny.py'}:build"
 # Options that point the CLI at the tiny model: 16 px RGB in [0, 1].
 TINY_OPTS = ["--model", TINY, "--resize", "16", "--crop", "16", "--mean", "0.5", "--std", "0.25"]

@@ -13,7 +13,7 @@ from torch import nn
 
 from salcli import metrics
 
-MASKS = ROOT / "sample_images" / "fashion-mnist-masks"
+MASKS = ROOT / "sample_masks" / "fashion-mnist"
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import SAMPLES, TINY_OPTS, manifest
+from conftest import PHOTOS, SAMPLES, TINY_OPTS, manifest
 from helpers import seeded_resnet18, torchvision_weights, trained_like
 from torch import nn
 
@@ -71,7 +71,7 @@ PIXEL_BAR = {"vanilla": 1e-5, "input-x-gradient": 1e-5, "guided-backprop": 1e-3}
 L2_BAR = 5e-3
 
 
-@pytest.mark.parametrize("model, inputs", [pytest.param("resnet18", SAMPLES / "photos", marks=pytest.mark.slow),
+@pytest.mark.parametrize("model, inputs", [pytest.param("resnet18", PHOTOS, marks=pytest.mark.slow),
                                            ("builtin", SAMPLES / "fashion-mnist" / "Coat")])
 def test_optimized_run_equals_plain_run(cli, tmp_path, model, inputs):
     """--optimize (folding + channels_last) against --no-optimize, through the CLI: on resnet18 as initialized

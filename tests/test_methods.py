@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import Saliency
-from conftest import SAMPLES, TINY_OPTS, manifest
+from conftest import PHOTOS, SAMPLES, TINY_OPTS, manifest
 from helpers import assert_no_hooks, seeded_resnet18, torchvision_weights
 
 import salcli
@@ -32,7 +32,7 @@ def test_vanilla_equals_captum_saliency_on_a_tiny_cnn(tiny_model):
 
 def test_vanilla_equals_captum_on_resnet18_loaded_through_weights(cli, tmp_path):
     net = seeded_resnet18()
-    photos = SAMPLES / "photos"
+    photos = PHOTOS
     out = tmp_path / "o"
     cli("explain", photos, "-o", out, *torchvision_weights(tmp_path, "resnet18", net), "--resize", "64", "--crop", "64")
     pre = Preprocess(resize=64, crop=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))

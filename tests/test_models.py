@@ -26,7 +26,7 @@ def tiny_state():
 
 
 def test_builtin_default_model(cli, tmp_path):
-    from conftest import SAMPLES
+    from conftest import PHOTOS, SAMPLES
 
     out = tmp_path / "o"
     cli("explain", SAMPLES / "fashion-mnist" / "Bag", "-o", out)
@@ -169,10 +169,10 @@ def test_weights_default_without_network_is_a_clear_error(cli, images_dir, tmp_p
 
 
 def test_torchvision_preset_from_weight_metadata(cli, tmp_path):
-    from conftest import SAMPLES
+    from conftest import PHOTOS, SAMPLES
 
     out = tmp_path / "o"
-    cli("explain", SAMPLES / "photos" / "chelsea.jpg", "-o", out, *torchvision_weights(tmp_path, "resnet18"),
+    cli("explain", PHOTOS / "chelsea.jpg", "-o", out, *torchvision_weights(tmp_path, "resnet18"),
         "--resize", "64", "--crop", "64")
     run = json.loads((out / "run.json").read_text())
     assert run["preprocess"]["mean"] == [0.485, 0.456, 0.406] and run["preprocess"]["crop"] == 64

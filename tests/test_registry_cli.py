@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SAMPLES, manifest
+from conftest import PHOTOS, SAMPLES, manifest
 from helpers import torchvision_weights
 
 from salcli.methods import names
@@ -57,6 +57,6 @@ def test_every_method_on_the_builtin_model(cli, tmp_path):
 def test_every_method_on_torchvision_models(arch, cli, tmp_path):
     size, relu = MODELS[arch]
     out = tmp_path / "o"
-    cli("explain", SAMPLES / "photos" / "chelsea.jpg", "-o", out, *torchvision_weights(tmp_path, arch),
+    cli("explain", PHOTOS / "chelsea.jpg", "-o", out, *torchvision_weights(tmp_path, arch),
         "--resize", str(size), "--crop", str(size), *method_args(), expect=0 if relu else 1)
     check(out, relu, size)
