@@ -151,10 +151,16 @@ def test_warnings_do_not_leak_through_quiet(tmp_path):
             ["evaluate", tmp_path / "o", "--no-stability", "--steps", "4", "-q"],
             ["sanity", tmp_path / "imgs", "--model", f"{FIXTURES / 'tiny.py'}:build", *pre, "-m", "vanilla",
              "--limit", "2", "--max-steps", "2", "-q"]]
+    warns = ["explain", tmp_path / "imgs", "-o", tmp_path / "w", "--model", f"{FIXTURES / 'noisy.py'}:build_warns",
+             *pre]
+    runs.append([*warns, "-q"])
     for args in runs:
         done = subprocess.run([*salcli, *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
         assert done.returncode == 0, done.stderr
         assert done.stderr == "", f"{args[0]}: {done.stderr}"
+    loud = subprocess.run([*salcli, *map(str, warns), "--overwrite"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert "own UserWarning" in loud.stderr  # without -q a warning is shown: the check above can see them
 
 
 def test_the_python_floor_parses_and_imports(tmp_path):
