@@ -118,7 +118,9 @@ DEVICE_OPT = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps
 
 @app.callback()
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                      help="Print the version and exit.")) -> None:
+                                      help="Print the version and exit."),
+         debug: bool = typer.Option(False, "--debug", help="Print the traceback of an unexpected error (exit 70) "
+                                    "instead of one line; SALCLI_DEBUG=1 does the same.")) -> None:
     """salcli: saliency maps for image classifiers, from the command line."""
     import warnings
 
@@ -657,5 +659,37 @@ def _methods_list(rows: list[dict], width: int | None) -> str:
     return "\n".join(lines)
 
 
+INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h): an unexpected error, a bug in salcli or in what it called
+
+
 def run() -> None:
-    app()
+    """The console entry point: no traceback reaches the user. An unexpected exception prints one line naming
+    it and the file holding its traceback, and exits 70; ``--debug`` or ``SALCLI_DEBUG=1`` shows the traceback
+    instead."""
+    import os
+
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - the last line of defence; every expected error has its own code
+        if "--debug" in sys.argv[1:] or os.environ.get("SALCLI_DEBUG", "").strip() not in ("", "0"):
+            raise
+        sys.exit(_internal_error(exc))
+
+
+def _internal_error(exc: BaseException) -> int:
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    where = "not saved"
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix="salcli-error-", suffix=".txt", delete=False) as fh:
+            fh.write(f"salcli {' '.join(sys.argv[1:])}\n\n{text}")
+            where = fh.name
+    except OSError:
+        pass
+    line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    sys.stderr.write(f"salcli: internal error: {type(exc).__name__}{': ' + line if line else ''}\n"
+                     f"  the traceback is in {where}; rerun with --debug (or SALCLI_DEBUG=1) to print it, and "
+                     f"please report it with that file\n")
+    return INTERNAL_ERROR

@@ -163,12 +163,15 @@ def find_config(value: str | Path) -> Path:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Read and check a preset; relative paths inside it are relative to the preset's folder."""
+    if path.exists() and not path.is_file():  # a folder, or a FIFO that would block the read
+        raise UsageError(f"config file {path}: not a regular file; {setting('config_file')} takes a TOML file or a "
+                         "preset's name")
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise UsageError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     method_tables = data.pop("methods", None)
     if isinstance(method_tables, dict):  # [methods.NAME] tables
@@ -511,6 +514,9 @@ def build_overrides(cli: dict[str, Any]) -> tuple[RunConfig, frozenset[str]]:
     if values.get("out") is not None:
         values["out"] = Path(values["out"])
     _absolute_paths(values)
+    from .schema import check_values
+
+    check_values(values)  # types, ranges and finiteness, whether the command line or the preset gave them
     if not 0.0 <= float(values.get("alpha", 0.5)) <= 1.0:
         raise UsageError(f"{setting('alpha')} must be between 0 and 1")
     values["scale"] = check_display(values.get("overlay_on", "original"), values.get("overlay_size", 512),

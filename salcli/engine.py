@@ -160,6 +160,7 @@ class Explainer:
             from . import layers
 
             self.layer = layers.resolve_layer(self.fast.base, self.layer.name, example)  # the same layer, folded
+        _check_footprints(self.methods, shape, self.batch_size)
         pre = self.preprocess
         if pre is None:  # mean/std only (or neither: pixels in [0, 1]): inputs are taken at the size they come in
             pre = Preprocess(resize=shape[1], crop=shape[1], channels=shape[0],
@@ -331,6 +332,29 @@ class Explainer:
         if torch.cuda.max_memory_allocated(self.device) < 0.4 * total:
             self.chunk *= 2
         torch.cuda.reset_peak_memory_stats(self.device)
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory (8 GiB when the OS does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return 8 << 30
+
+
+def _check_footprints(methods, shape: tuple[int, int, int], batch_size: int) -> None:
+    """Parameters whose draws for one batch would need more than half of the machine's memory are a usage error
+    with the estimate, before any image: better than an allocation that swaps or gets the process killed."""
+    limit = memory_bytes() // 2
+    for m in methods:
+        need = m.footprint(shape) * max(1, batch_size)
+        if need > limit:
+            raise UsageError(f"{m.name} with {m.params} would hold about {need / 2**30:.1f} GiB for a batch of "
+                             f"{batch_size} image(s) of {shape[1]}x{shape[2]}, more than half of this machine's "
+                             f"{memory_bytes() / 2**30:.0f} GiB; lower its samples, masks, cells or grid, or "
+                             f"{setting('batch_size')}")
 
 
 class _Split(Exception):

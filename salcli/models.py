@@ -135,10 +135,15 @@ def read_labels(source: tuple[str, ...] | str) -> tuple[str, ...]:
 
         return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
     path = Path(source)
+    if path.exists() and not path.is_file():  # a folder, or a FIFO that would block the read forever
+        raise UsageError(f"{setting('labels')} {source}: not a regular file; give a text file with one class name "
+                         "per line")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise UsageError(f"{setting('labels')} {source}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"{setting('labels')} {source}: cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise UsageError(f"{setting('labels')} {source}: not a UTF-8 text file with one class name per line") from None
     labels = tuple(line.strip() for line in lines if line.strip())

@@ -65,6 +65,37 @@ class Preset(_Strict):
 
 KEYS = tuple(name for name in Preset.model_fields if name != "params")
 
+MAX_BATCH = 65_536  # most images per batch or model inputs per pass
+
+
+class RunValues(BaseModel):
+    """What the command line and a preset together give, once parsed: checked the same way whichever gave it."""
+
+    model_config = ConfigDict(extra="ignore")
+    preprocess: PreprocessTable
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    batch_size: Union[Literal["auto"], Annotated[int, Field(ge=1, le=MAX_BATCH)]] = "auto"
+    chunk: Union[Literal["auto"], Annotated[int, Field(ge=1, le=MAX_BATCH)]] = "auto"
+    workers: Annotated[int, Field(ge=0, le=256)] | None = None
+    alpha: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.5
+    overlay_size: Annotated[int, Field(ge=16, le=MAX_SIDE)] = 512
+
+
+def check_values(values: dict[str, Any]) -> None:
+    """Raise UsageError naming the option (``setting``) of the first value out of type or range."""
+    from .errors import setting
+
+    data = {k: v for k, v in values.items() if k in RunValues.model_fields and v is not None}
+    data["preprocess"] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.get("preprocess", {}).items()}
+    try:
+        RunValues.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        loc = [str(p) for p in error["loc"] if not _is_type_tag(str(p))]
+        name = loc[1] if loc[:1] == ["preprocess"] and len(loc) > 1 else loc[0] if loc else "?"
+        where = setting(name) + (f" (value {int(loc[2]) + 1})" if len(loc) > 2 and loc[2].isdigit() else "")
+        raise UsageError(f"{where}: {_reason(error)} (got {error.get('input')!r})") from None
+
 
 def check_preset(data: dict[str, Any], where: str) -> None:
     """Raise UsageError naming the first key of ``data`` (a preset read from ``where``) whose value has the

@@ -74,6 +74,12 @@ class Method:
         """Cost per image in forward/backward passes, for ``salcli methods``."""
         return "1 forward + 1 backward"
 
+    def footprint(self, shape: tuple[int, int, int]) -> int:
+        """Bytes the method holds per image for an input of ``shape`` (C, H, W) beyond the chunked model passes
+        (random draws, coalition matrices): the engine refuses parameters whose batch would not fit in memory,
+        before the first image. Most methods hold nothing that grows with their parameters."""
+        return 0
+
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, ctx: Context) -> torch.Tensor:
         """x (B, C, H, W), target (B,) class indices -> map (B, H, W) float32."""
         return self.attribute_with_extras(model, x, target, ctx)[0]

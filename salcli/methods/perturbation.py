@@ -161,6 +161,9 @@ class Rise(Method):
     def passes(self) -> str:
         return f"{self.params.masks} forwards (N masks)"
 
+    def footprint(self, shape: tuple[int, int, int]) -> int:
+        return self.params.masks * (self.params.cells ** 2 * 5 + 16)  # the draws (float, then bool), the shifts
+
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, ctx: Context) -> torch.Tensor:
         p, (batch, _, h, w), x = self.params, x.shape, x.detach()
         cell_h, cell_w = math.ceil(h / p.cells), math.ceil(w / p.cells)
@@ -179,6 +182,13 @@ class Rise(Method):
             prob = _scores(model, x[b] * m[:, None] + fill[b] * (1 - m[:, None]), target[b], prob=True)
             total.index_add_(0, b, (prob[:, None, None] * m).to(acc))
         return (total / (p.masks * p.p)).float()
+
+
+def coalition_footprint(samples: int, grid: int, shape: tuple[int, int, int]) -> int:
+    """Bytes per image of LIME's and KernelSHAP's coalitions (drawn as floats, kept as bools, fitted in float64)
+    and of the fit's (M, M) system, for ``samples`` coalitions of grid x grid segments."""
+    segments = min(grid, shape[1]) * min(grid, shape[2])
+    return samples * segments * 17 + segments * segments * 8
 
 
 def grid_segments(h: int, w: int, grid: int) -> tuple[torch.Tensor, int]:
@@ -242,6 +252,9 @@ class Lime(Method):
 
     def passes(self) -> str:
         return f"{self.params.samples} forwards"
+
+    def footprint(self, shape: tuple[int, int, int]) -> int:
+        return coalition_footprint(self.params.samples, self.params.grid, shape)
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, ctx: Context) -> torch.Tensor:
         p, x = self.params, x.detach()
@@ -338,6 +351,9 @@ class KernelShap(Method):
 
     def passes(self) -> str:
         return f"2 + {self.params.samples} forwards"
+
+    def footprint(self, shape: tuple[int, int, int]) -> int:
+        return coalition_footprint(self.params.samples, self.params.grid, shape)
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, ctx: Context) -> torch.Tensor:
         p, (batch, _, h, w), x = self.params, x.shape, x.detach()

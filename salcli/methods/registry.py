@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from typing import Any
 
 from ..errors import UsageError, did_you_mean
 from ..registry import Registry
 from .base import Method
+
+MAX_COUNT = 10_000_000  # most steps, samples, masks or cells an int parameter may ask for (schema.MAX_COUNT)
 
 REGISTRY: Registry = Registry("method")
 
@@ -99,11 +102,19 @@ def coerce(value: Any, kind: Any, where: str) -> Any:
                 raise ValueError
             return text in ("true", "1", "yes")
         if kind is int:
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(value)
+            number = int(value)
+            if abs(number) > MAX_COUNT:
+                raise UsageError(f"{where} takes at most {MAX_COUNT:,}; got {number:,}")
+            return number
         if kind is float:
-            return float(value)
+            if isinstance(value, bool):
+                raise ValueError
+            number = float(value)
+            if not math.isfinite(number):
+                raise UsageError(f"{where} must be a finite number; got '{value}'")
+            return number
         if kind in (str, typing.Optional[str]):
             return None if kind is not str and str(value).lower() in ("none", "") else str(value)
         if typing.get_origin(kind) is tuple:
