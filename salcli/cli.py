@@ -398,11 +398,12 @@ def evaluate(
     std: Optional[str] = STD_OPT,
     channels: Optional[int] = CHANNELS_OPT,
     device: Optional[str] = DEVICE_OPT,
-    batch_size: int = typer.Option(16, "--batch-size", help="Images per batch."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per batch."),
     tolerance: Optional[float] = typer.Option(None, "--tolerance", help="Pointing-game tolerance in input pixels "
                                               "[default: 15 px per 224 px of input]", show_default=False),
     top_k: float = typer.Option(0.2, "--top-k", help="Fraction of pixels in the top-k region for IoU."),
-    steps: int = typer.Option(32, "--steps", help="Points on the deletion and insertion curves."),
+    steps: int = typer.Option(32, "--steps", min=1, max=65536, help="Points on the deletion and insertion "
+                              "curves."),
     stability: bool = typer.Option(True, "--stability/--no-stability", help="Measure stability (recomputes each "
                                    "map twice: small noise, one-pixel shift)."),
     gates: dict = None,

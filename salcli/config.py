@@ -5,6 +5,7 @@ No torch here: ``cli.py`` imports this module to validate options before anythin
 
 from __future__ import annotations
 
+import errno
 import os
 try:
     import tomllib
@@ -149,6 +150,7 @@ def find_config(value: str | Path) -> Path:
     """``--config``: a TOML file, or the name of a preset that ships with salcli (``resnet50`` or
     ``resnet50.toml``); a file of that name wins. Neither is a usage error listing the presets."""
     path = Path(value)
+    _check_name(path, "config_file")
     if path.exists():
         return path
     shipped = presets()
@@ -171,7 +173,8 @@ def read_toml(path: Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise UsageError(f"config file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError: an integer of more than 4300 digits; RecursionError: arrays nested thousands deep
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     method_tables = data.pop("methods", None)
     if isinstance(method_tables, dict):  # [methods.NAME] tables
@@ -192,14 +195,17 @@ def read_toml(path: Path) -> dict[str, Any]:
         if key not in PREPROCESS_KEYS:
             raise UsageError(f"unknown key 'preprocess.{key}' in {path}; valid: {', '.join(PREPROCESS_KEYS)}")
     check_preset(data, str(path))
-    for key in ("weights", "labels"):
-        value = data.get(key)
-        if isinstance(value, str) and _looks_like_path(value):
-            data[key] = str((path.parent / value).resolve())
-    model = data.get("model")
-    if isinstance(model, str) and ".py:" in model:
-        file_part, func = model.rsplit(":", 1)
-        data["model"] = f"{(path.parent / file_part).resolve()}:{func}"
+    try:
+        for key in ("weights", "labels"):
+            value = data.get(key)
+            if isinstance(value, str) and _looks_like_path(value):
+                data[key] = str((path.parent / value).resolve())
+        model = data.get("model")
+        if isinstance(model, str) and ".py:" in model:
+            file_part, func = model.rsplit(":", 1)
+            data["model"] = f"{(path.parent / file_part).resolve()}:{func}"
+    except (RuntimeError, OSError, ValueError) as exc:  # a link to itself (RuntimeError before 3.13), a NUL byte
+        raise UsageError(f"a path in {path} cannot be resolved: {exc}") from None
     return data
 
 
@@ -399,10 +405,12 @@ def failures_allowed(max_failures: str, records: int) -> float:
 
 
 def parse_batch_size(value: str | int, option: str = setting("batch_size")) -> int | str:
-    if isinstance(value, int) or str(value).isdigit():
-        if int(value) < 1:
+    text = str(value)
+    if isinstance(value, int) or (text.isascii() and text.isdigit()):  # not '²': isdigit() but not int()
+        number = int(value) if isinstance(value, int) or len(text) <= 20 else 2**64  # int() reads 4300 digits
+        if number < 1:
             raise UsageError(f"{option} must be at least 1 (or 'auto')")
-        return int(value)
+        return number
     if value == "auto":
         return "auto"
     raise UsageError(f"{option} takes a positive number or 'auto'; got '{value}'")
@@ -410,7 +418,8 @@ def parse_batch_size(value: str | int, option: str = setting("batch_size")) -> i
 
 def check_device(device: str) -> str:
     base, _, index = device.partition(":")
-    if base not in ("auto", "cpu", "cuda", "mps") or (index and (base != "cuda" or not index.isdigit())):
+    if base not in ("auto", "cpu", "cuda", "mps") or (index and (base != "cuda" or not index.isascii()
+                                                               or not index.isdigit())):  # not "cuda:²"
         raise UsageError(f"{setting('device')} takes {DEVICE_HELP}; got '{device}'")
     return device
 
@@ -473,7 +482,8 @@ def build_overrides(cli: dict[str, Any]) -> tuple[RunConfig, frozenset[str]]:
         if isinstance(values["preprocess"].get(key), str):
             values["preprocess"][key] = parse_floats(values["preprocess"][key], setting(key))
         elif key in values["preprocess"]:
-            values["preprocess"][key] = tuple(float(v) for v in values["preprocess"][key])
+            value = values["preprocess"][key]  # a preset's list, or one number for every channel
+            values["preprocess"][key] = tuple(map(float, value if isinstance(value, (list, tuple)) else [value]))
 
     params = {m: dict(t) for m, t in preset_params.items()}
     typed_params = []  # methods given -p on the command line: each must be selected (a preset may hold more)
@@ -513,7 +523,18 @@ def build_overrides(cli: dict[str, Any]) -> tuple[RunConfig, frozenset[str]]:
         values["inputs"] = tuple(Path(p) for p in values["inputs"])
     if values.get("out") is not None:
         values["out"] = Path(values["out"])
-    _absolute_paths(values)
+    for key in ("out", "labels", "weights", "root", "files_from"):
+        if isinstance(values.get(key), (str, Path)):
+            _check_name(values[key], key)
+    for table in values["params"].values():
+        if isinstance(table.get("references"), str):
+            _check_name(table["references"], "params")
+    if values.get("out") is not None:
+        _check_out(values["out"])
+    try:
+        _absolute_paths(values)
+    except (RuntimeError, OSError, ValueError) as exc:  # a link to itself (RuntimeError before 3.13), a NUL byte
+        raise UsageError(f"a path cannot be resolved: {exc}") from None
     from .schema import check_values
 
     check_values(values)  # types, ranges and finiteness, whether the command line or the preset gave them
@@ -566,6 +587,35 @@ def _absolute_paths(values: dict[str, Any]) -> None:
     for table in values.get("params", {}).values():
         if isinstance(table.get("references"), str) and table["references"]:
             table["references"] = str(Path(table["references"]).expanduser().resolve())
+
+
+def _check_name(path: str | Path, name: str) -> None:
+    """A path longer than the system takes (a name over 255 bytes, say) is a usage error naming the setting:
+    pathlib's exists(), is_file() and is_dir() raise OSError on it instead of answering False."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            text = str(path)
+            raise UsageError(f"{setting(name)} {text[:40]}...: the name is too long for this system "
+                             f"({len(text)} characters)") from None
+    except ValueError:  # a NUL byte: refused where the path is resolved
+        pass
+
+
+def _check_out(out: Path) -> None:
+    """OUT (explain's, or sanity's -o) must be a folder that exists or that mkdir can create: not a file, no
+    broken or looping symbolic link on the way (FileExistsError), no file above it (NotADirectoryError)."""
+    for part in (out, *out.parents):
+        if part.is_symlink() and not part.exists():
+            raise UsageError(f"{setting('out')} {out}: {part} is a symbolic link to nothing (broken, or a loop); "
+                             "give a folder")
+        if part.exists():
+            if not part.is_dir():
+                where = "" if part == out else f"{part} is "
+                raise UsageError(f"{setting('out')} {out}: {where}a file, not a folder; give a folder (it is created "
+                                 "when missing)")
+            return
 
 
 def _check_params_selected(typed: list[tuple[str, str]], chosen) -> None:

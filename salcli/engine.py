@@ -13,6 +13,7 @@ caller says the model is salcli's own (``optimize=True``), on a copy.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -52,8 +53,9 @@ class BatchResult:
         label = (lambda i: labels[i]) if labels else (lambda i: None)
         prob = self.probs.gather(1, self.pred.view(-1, 1)).squeeze(1).tolist()
         score = self.logits.gather(1, self.target.view(-1, 1)).squeeze(1).tolist()
-        return [{"pred": p, "pred_label": label(p), "prob": round(pr, 6), "target": t, "target_label": label(t),
-                 "score": round(s, 6)} for p, pr, t, s in zip(self.pred.tolist(), prob, self.target.tolist(), score)]
+        finite = (lambda v: round(v, 6) if math.isfinite(v) else None)  # a NaN logit is recorded as null
+        return [{"pred": p, "pred_label": label(p), "prob": finite(pr), "target": t, "target_label": label(t),
+                 "score": finite(s)} for p, pr, t, s in zip(self.pred.tolist(), prob, self.target.tolist(), score)]
 
 
 def auto_chunk(batch_size: int, preprocess: Preprocess, device: torch.device) -> int:

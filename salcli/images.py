@@ -2,12 +2,16 @@
 
 Decoding follows Pillow's traps: ``exif_transpose``; palette and alpha images composited onto black; CMYK
 and other modes converted to RGB; 16-bit images scaled (not clipped) to 8 bits; decompression bombs refused.
+Nothing here opens a file that is not a regular file, and no single file stops discovery or a run.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +25,12 @@ from .errors import UsageError, setting
 
 EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own warning threshold
+FORMATS = ("BMP", "GIF", "JPEG", "PNG", "TIFF", "WEBP")  # the only parsers a file reaches, whatever its name
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own warning threshold, as it was at import
+BOX_RESIZE_PIXELS = 1 << 24  # above this resized size, ``prepare`` resamples only the crop's region
+# open for reading only; never block (a FIFO swapped in after the check), never become a controlling terminal
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+               | getattr(os, "O_BINARY", 0))
 
 
 @dataclass(frozen=True)
@@ -35,8 +44,17 @@ class ImageError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------- discovery
+@dataclass(frozen=True)
+class Skipped:
+    """Something discovery passed over while walking a folder, and why (``describe_skipped`` words a note)."""
+
+    path: str  # as found, printable (``printable``)
+    why: str
+
+
 def discover(inputs: list[Path] | tuple[Path, ...], exclude: Path | None = None, *,
-             listed: bool = False, root: Path | None = None) -> list[ImageItem]:
+             listed: bool = False, root: Path | None = None, skipped: list[Skipped] | None = None
+             ) -> list[ImageItem]:
     """Image files under ``inputs`` (files and folders, recursive), sorted by relative path.
 
     Keys are relative to the deepest folder holding every input (a folder input counts as itself; a file
@@ -44,6 +62,16 @@ def discover(inputs: list[Path] | tuple[Path, ...], exclude: Path | None = None,
     it and several inputs keep their distinguishing folder names. A symlinked folder is visited once; a
     symlink cycle is not followed. The folder ``exclude`` (the output folder) is never searched, so a run's
     own overlays are not taken as inputs by the next run.
+
+    No odd file stops discovery, and discovery opens no file (it only lists folders and stats entries):
+    - found in a folder, a name with an image extension is kept when it is a regular file, or when it cannot
+      be followed (a broken or looping symlink) or stat'ed: ``decode`` then says why, in that image's error
+      record. A FIFO, socket or device so named is passed over and appended to ``skipped``, as is a folder
+      that cannot be listed;
+    - named on the command line (or listed), an image-named path that is not a regular file is kept the
+      same way: its record says what it is. ``decode`` never opens one.
+    Keys are valid Unicode without control characters: a byte of a file name that is not UTF-8, or a newline,
+    is written ``\\xNN`` (``printable``).
 
     ``listed``: the inputs come from a file list (``read_file_list``): a listed file that is missing, or whose
     extension is not an image's, is kept (its decoding fails and becomes that image's error record) instead
@@ -55,99 +83,206 @@ def discover(inputs: list[Path] | tuple[Path, ...], exclude: Path | None = None,
     """
     if not inputs:
         raise UsageError("give at least one image file or folder")
-    parents: dict[Path, Path] = {}  # a file's folder as named -> resolved (one syscall per folder, not per file)
+    skipped = [] if skipped is None else skipped
+    kinds = [_stat(p) for p in inputs]
+    if not listed:
+        _check_named(inputs, kinds)
+    # the folder each input's keys start from: itself for a folder, the folder it is named in for a file
+    starts = [p if _is_dir(st) else p.parent for p, st in zip(inputs, kinds)]
+    prefixes = _prefixes(inputs, starts, root)
+    found: dict[str, ImageItem] = {}  # the file's identity -> its item, first seen wins
+    seen_dirs: set[str] = {os.path.realpath(exclude)} if exclude is not None else set()
+    for p, st, start, prefix in zip(inputs, kinds, starts, prefixes):
+        if _is_dir(st):
+            for path in _walk(p, seen_dirs, skipped):
+                key = (prefix / path.relative_to(start)).as_posix()
+                found.setdefault(_identity(path), ImageItem(path, printable(key)))
+        else:  # a file named on the command line or listed; decode says what is wrong with it, if anything
+            identity = _identity(p) if not listed else os.path.abspath(p)
+            found.setdefault(identity, ImageItem(p, printable((prefix / p.name).as_posix())))
+    items: dict[str, ImageItem] = {}
+    for item in found.values():
+        items.setdefault(item.key, item)
+    return [items[k] for k in sorted(items)]
 
-    def root_of(p: Path) -> Path:
-        if p.is_dir():
-            return p.resolve()
-        if p.parent not in parents:
-            parents[p.parent] = p.parent.resolve()
-        return parents[p.parent]
 
-    roots = []
-    for p in inputs:
-        if not listed and not p.exists():
+def _check_named(inputs, kinds) -> None:
+    """Inputs named on the command line: a folder, or a path with an image extension (which may be anything:
+    its record says what); a missing path, or another name, is a usage error."""
+    for p, st in zip(inputs, kinds):
+        if _is_dir(st):
+            continue
+        if isinstance(st, OSError) and not os.path.lexists(p):
             raise UsageError(f"input not found: {p}")
-        roots.append(root_of(p))
-    base = Path(os.path.commonpath([str(r) for r in roots]))
+        if p.suffix.lower() not in EXTENSIONS:
+            why = f"{_unreachable(p, st)}; " if isinstance(st, OSError) else ""
+            raise UsageError(f"{p} is not an image file ({why}extensions: {', '.join(sorted(EXTENSIONS))})")
+
+
+def _prefixes(inputs, starts: list[Path], root: Path | None) -> list[Path]:
+    """Each input's start folder relative to the folder keys are relative to (``root``, or the deepest one
+    that holds every start)."""
+    reals = [Path(os.path.realpath(s)) for s in starts]
+    base = Path(os.path.commonpath([str(r) for r in reals]))
     if root is not None:
-        base = root.resolve()
-        outside = [str(p) for p, r in zip(inputs, roots) if not r.is_relative_to(base)]
+        base = Path(os.path.realpath(root))
+        outside = [str(p) for p, r in zip(inputs, reals) if not r.is_relative_to(base)]
         if outside:
             raise UsageError(f"{outside[0]} is not inside {setting('root')} {root}; keys are paths relative to it")
-    files: dict[Path, Path] = {}  # resolved file -> path as found
-    direct: dict[Path, str] = {}  # listed files -> key
-    seen_dirs: set[Path] = {exclude.resolve()} if exclude is not None else set()
-    for p in inputs:
-        if p.is_dir():
-            for found in _walk(p, seen_dirs):
-                files.setdefault(found.resolve(), found)
-        elif listed:
-            direct.setdefault(p, (root_of(p).relative_to(base) / p.name).as_posix())
-        elif p.suffix.lower() in EXTENSIONS:
-            files.setdefault(p.resolve(), p)
-        else:
-            raise UsageError(f"{p} is not an image file (extensions: {', '.join(sorted(EXTENSIONS))})")
-    items = {}
-    for p, key in direct.items():
-        items.setdefault(key, ImageItem(p, key))
-    for resolved, found in files.items():
-        key = _key(found, inputs, base)
-        items.setdefault(key, ImageItem(found, key))
-    return [items[k] for k in sorted(items)]
+    return [r.relative_to(base) for r in reals]
+
+
+def describe_skipped(skipped: list[Skipped], shown: int = 5) -> str:
+    """One note for everything discovery passed over: how many, the first ``shown`` with what each is."""
+    listed = "; ".join(f"{s.path}: {s.why}" for s in skipped[:shown])
+    more = f"; and {len(skipped) - shown} more" if len(skipped) > shown else ""
+    return (f"skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} that salcli does not open "
+            f"(FIFOs, sockets and devices named like images, folders that cannot be listed): {listed}{more}")
 
 
 def read_file_list(source: Path | str) -> list[Path]:
     """The paths listed in ``source`` (``-``: standard input), one per line; blank lines and lines starting
     with ``#`` are ignored, surrounding spaces removed. Relative paths are relative to the current folder, as
-    on the command line. Pass the result to ``discover(paths, exclude, listed=True)``."""
+    on the command line. Bytes that are not UTF-8 are kept as in a file name (``os.fsdecode``), so a list
+    written by ``find`` names such files too. A list that holds a NUL byte is one of ``find -print0``: its
+    names are separated by NUL and taken exactly as written (no stripping, no comments; a name may hold a
+    newline). Pass the result to ``discover(paths, exclude, listed=True)``.
+
+    The list itself may be a pipe (``--files-from <(find ...)``): it is read to its end, as ``-`` is."""
     import sys
 
     if str(source) == "-":
-        text = sys.stdin.read()
+        stream = getattr(sys.stdin, "buffer", None)
+        text = _as_names(stream.read()) if stream is not None else sys.stdin.read()
     else:
         try:
-            text = Path(source).read_text(encoding="utf-8")
+            text = _as_names(Path(source).read_bytes())
         except FileNotFoundError:
             raise UsageError(f"the list {setting('files_from')} {source} was not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read the list {setting('files_from')} {source}: {exc}") from None
-    paths = [Path(line.strip()) for line in text.splitlines()
-             if line.strip() and not line.lstrip().startswith("#")]
+        except OSError as exc:
+            raise UsageError(f"cannot read the list {setting('files_from')} {source}: {exc.strerror or exc}") from None
+    if "\0" in text:  # no file name holds a NUL: the separator of find -print0
+        paths = [Path(name) for name in text.split("\0") if name]
+    else:
+        paths = [Path(line.strip()) for line in text.splitlines()
+                 if line.strip() and not line.lstrip().startswith("#")]
     if not paths:
         raise UsageError(f"the list {setting('files_from')} {source} names no files")
     return paths
 
 
-def _walk(root: Path, seen_dirs: set[Path]):
-    real = root.resolve()
+def _as_names(data: bytes) -> str:
+    """A list's bytes as file names: decoded as the file system decodes names (UTF-8, undecodable bytes kept
+    as surrogates, PEP 383), so each line names the file whose name has those bytes."""
+    try:
+        return os.fsdecode(data)
+    except UnicodeDecodeError:  # a file system encoding that keeps no bytes (Windows)
+        return data.decode("utf-8", "surrogateescape")
+
+
+def _walk(folder: Path, seen_dirs: set[str], skipped: list[Skipped]):
+    """The image candidates under ``folder`` (see ``discover``), in name order; no entry stops the walk."""
+    real = os.path.realpath(folder)
     if real in seen_dirs:
         return
     seen_dirs.add(real)
     try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except OSError:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError as exc:
+        skipped.append(Skipped(printable(str(folder)), f"a folder that cannot be read: {exc.strerror or exc}"))
         return
     for entry in entries:
         path = Path(entry.path)
-        if entry.is_dir(follow_symlinks=True):
-            yield from _walk(path, seen_dirs)
-        elif entry.is_file(follow_symlinks=True) and path.suffix.lower() in EXTENSIONS:
-            yield path
+        named = path.suffix.lower() in EXTENSIONS
+        try:  # DirEntry answers from the folder listing where it can: no stat call for plain files and folders
+            if entry.is_dir():
+                yield from _walk(path, seen_dirs, skipped)
+            elif not named:
+                continue
+            elif entry.is_file():
+                yield path
+            else:  # neither: a FIFO, socket or device, or a symlink to nothing
+                skipped.append(Skipped(printable(str(path)), _kind(os.stat(entry.path).st_mode)))
+        except OSError:  # a symlink loop, a broken symlink, no permission to look
+            if named:
+                yield path  # an error record says which
 
 
-def _key(found: Path, inputs, base: Path) -> str:
-    """Relative path of ``found`` under ``base``, following the input it was found through (keeps
-    symlinked folder names as the user sees them)."""
-    for p in inputs:
-        start = p if p.is_dir() else p.parent
+def _stat(path: Path) -> os.stat_result | OSError:
+    try:
+        return os.stat(path)
+    except OSError as exc:
+        return exc
+    except ValueError:  # a NUL byte in the name (only the Python API can pass one)
+        return OSError(errno.EINVAL, "the name holds a NUL byte")
+
+
+def _is_dir(st: os.stat_result | OSError) -> bool:
+    return isinstance(st, os.stat_result) and stat.S_ISDIR(st.st_mode)
+
+
+def _identity(path: Path) -> str:
+    """The same file reached by two names (a symlinked folder) is one image; a path that does not resolve is
+    its own."""
+    return os.path.realpath(path) if os.path.exists(path) else os.path.abspath(path)
+
+
+def printable(text: str) -> str:
+    """``text`` as valid Unicode free of control characters, for keys, records and messages: the bytes of a
+    file name that are not UTF-8 (which Python holds as lone surrogates, PEP 383) and the control characters
+    (a newline, ESC, ...; C1 ones as ``\\u0080``-``\\u009f``) become ``\\xNN``. A key then never breaks a
+    line-based file and a name never sends escape sequences to a terminal. Other text is returned as it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
         try:
-            rel_in = found.relative_to(start)
-        except ValueError:
-            continue
-        prefix = start.resolve().relative_to(base)
-        return (prefix / rel_in).as_posix()
-    return found.name
+            text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that no byte gave
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(_escape_control, text)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape_control(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
+
+
+def source(item: ImageItem) -> str:
+    """The absolute path of the image's file, printable (the manifest's ``source``)."""
+    return printable(os.path.realpath(item.path))
+
+
+def _kind(mode: int) -> str:
+    """What a path that is not a regular file or a folder is, in words."""
+    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _unreachable(path: Path, exc: OSError) -> str:
+    """Why ``path`` cannot be stat'ed, in words."""
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link loop: it cannot be followed"
+    if exc.errno == errno.EINVAL and not exc.filename:
+        return f"not a file name: {exc.strerror}"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"a broken symbolic link: its target {printable(target)} does not exist"
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "file not found"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return f"cannot be read: {exc.strerror or exc}"
 
 
 def shard(items: list[ImageItem], index: int, count: int) -> list[ImageItem]:
@@ -164,31 +299,81 @@ def shard_of(key: str, count: int) -> int:
 
 # ---------------------------------------------------------------------------------------------- decoding
 def decode(path: Path) -> Image.Image:
-    """Open, fully decode and normalize an image to mode ``RGB`` or ``L``; raises ``ImageError``."""
+    """Open, fully decode and normalize an image to mode ``RGB`` or ``L``; raises ``ImageError`` (and nothing
+    else: whatever Pillow raises on a corrupt file is that file's error).
+
+    Only a regular file is opened, never a FIFO, socket or device (a FIFO would block forever): the path is
+    stat'ed first, opened non-blocking, and the open file checked again. Only the formats of ``EXTENSIONS`` are
+    read, whatever the name (Pillow's other parsers are never reached). Pictures over ``MAX_PIXELS`` are refused
+    before their pixels are decoded."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                if im.width * im.height > MAX_PIXELS:
-                    raise ImageError(f"refused: {im.width}x{im.height} pixels is over the decompression-bomb "
-                                     f"limit of {MAX_PIXELS:,}")
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                return _to_standard_mode(im)
-    except ImageError:
+        return _decode(Path(path))
+    except ImageError as exc:
+        raise ImageError(printable(str(exc))) from None
+
+
+def _decode(path: Path) -> Image.Image:
+    fh, size = _open_regular(path)
+    with fh:
+        try:
+            with warnings.catch_warnings():
+                # Pillow's notes on a damaged file ("Corrupt EXIF data", "Truncated File Read"): the record says
+                # whether it decoded, and a folder of such files would flood the terminal
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(fh, formats=FORMATS) as im:
+                    _check_size(im)
+                    im.load()
+                    _check_size(im)  # a frame may change the size as it loads
+                    ImageOps.exif_transpose(im, in_place=True)  # no copy when there is nothing to turn
+                    return _to_standard_mode(im)  # a new picture in any case: the file closes after this
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageError(f"refused as a decompression bomb: {exc}") from None
+        except Image.UnidentifiedImageError:
+            what = ("an empty file" if size == 0 else
+                    f"not an image salcli reads ({', '.join(FORMATS)}), or its header is damaged")
+            raise ImageError(f"cannot decode: {what}") from None
+        except MemoryError:
+            raise ImageError("cannot decode: out of memory") from None
+        except Exception as exc:  # noqa: BLE001 - Pillow's parsers raise many types on corrupt data
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+            raise ImageError(f"cannot decode ({detail}); the file may be truncated or corrupt") from None
+
+
+def _open_regular(path: Path):
+    """(binary file, size) of ``path`` when it is a regular file (following symlinks); ``ImageError`` otherwise.
+    Stat'ed before it is opened, so a FIFO or device is never opened; opened with O_NONBLOCK, so one swapped
+    in between cannot block either; the open file is checked to be the one stat'ed."""
+    before = _stat(path)
+    if isinstance(before, OSError):
+        raise ImageError(_unreachable(path, before))
+    if not stat.S_ISREG(before.st_mode):
+        what = _kind(before.st_mode)
+        raise ImageError("a folder, not an image file" if what == "a folder"
+                         else f"{what}, not a regular file: salcli does not open it")
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise ImageError("cannot read: permission denied" if exc.errno in (errno.EACCES, errno.EPERM)
+                         else f"cannot read: {exc.strerror or exc}") from None
+    try:
+        now = os.fstat(fd)
+        if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+            raise ImageError("the file was replaced while it was opened; not read")
+        return os.fdopen(fd, "rb"), now.st_size
+    except BaseException:
+        os.close(fd)
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"refused as a decompression bomb: {exc}") from None
-    except FileNotFoundError:
-        raise ImageError("file not found") from None
-    except IsADirectoryError:
-        raise ImageError("a folder, not an image file") from None
-    except Image.UnidentifiedImageError:
-        size = path.stat().st_size if path.exists() else 0
-        what = "an empty file" if size == 0 else "not an image Pillow can read"
-        raise ImageError(f"cannot decode: {what}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"cannot decode ({exc}); the file may be truncated or corrupt") from None
+
+
+def _check_size(im: Image.Image) -> None:
+    if im.width < 1 or im.height < 1:
+        raise ImageError(f"cannot decode: the image has no pixels ({im.width}x{im.height})")
+    if im.width * im.height > MAX_PIXELS:
+        raise ImageError(f"refused: {im.width}x{im.height} pixels is over the decompression-bomb "
+                         f"limit of {MAX_PIXELS:,}")
 
 
 def _to_standard_mode(im: Image.Image) -> Image.Image:
@@ -198,7 +383,7 @@ def _to_standard_mode(im: Image.Image) -> Image.Image:
     if mode == "1":
         return im.convert("L")
     if mode.startswith("I;16") or mode == "I" or mode == "F":
-        arr = np.asarray(im, dtype=np.float64)
+        arr = np.nan_to_num(np.asarray(im, dtype=np.float64), copy=False, nan=0.0)  # a float NaN is black
         if mode == "F":
             top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0 if arr.max(initial=0) <= 255 else 65535.0
         elif mode == "I":
@@ -224,9 +409,15 @@ def prepare(im: Image.Image, pre: Preprocess) -> np.ndarray:
     ``pre.channels``: returns uint8 (crop, crop, channels), the picture the model sees before normalization."""
     im = im.convert("L" if pre.channels == 1 else "RGB")
     geom = geometry.geometry(im.width, im.height, pre.resize, pre.crop)  # the numbers overlays map back with
-    if geom.resized != im.size:
-        im = im.resize(geom.resized, RESAMPLE[pre.interpolation], reducing_gap=None)
-    im = im.crop((geom.left, geom.top, geom.left + pre.crop, geom.top + pre.crop))
+    if geom.resized[0] * geom.resized[1] > BOX_RESIZE_PIXELS:
+        # an extreme aspect ratio (a 1 x 4,000,000 strip at resize 16 is 16 x 64,000,000): resample only the
+        # crop's region of the original (the same geometry; values within a grey level or so for bilinear and
+        # bicubic), instead of the whole resized picture that could not fit in memory
+        im = im.resize((pre.crop, pre.crop), RESAMPLE[pre.interpolation], box=geom.box, reducing_gap=None)
+    else:
+        if geom.resized != im.size:
+            im = im.resize(geom.resized, RESAMPLE[pre.interpolation], reducing_gap=None)
+        im = im.crop((geom.left, geom.top, geom.left + pre.crop, geom.top + pre.crop))
     arr = np.asarray(im, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 
@@ -289,7 +480,7 @@ class ImageDataset:
         except ImageError as exc:
             return {"index": index, "key": item.key, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - any other failure is still this one file's failure
-            return {"index": index, "key": item.key, "error": f"{type(exc).__name__}: {exc}"}
+            return {"index": index, "key": item.key, "error": printable(f"{type(exc).__name__}: {exc}")}
         return {"index": index, "key": item.key, "pixels": pixels, **extra}
 
 

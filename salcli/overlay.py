@@ -75,7 +75,7 @@ def mode_of(method, display: Display, saliency: np.ndarray | None = None) -> str
 # ---------------------------------------------------------------------------------------------- drawing
 def caption(facts: dict[str, Any]) -> str:
     name = facts["pred_label"] if facts.get("pred_label") is not None else f"class {facts['pred']}"
-    text = f"pred {name} {facts['prob']:.0%}"
+    text = f"pred {name} {facts['prob']:.0%}" if facts["prob"] is not None else f"pred {name} (probability NaN)"
     if facts.get("target") != facts.get("pred"):
         text += f" | map for {facts.get('target_label') or facts.get('target')}"
     return text

@@ -89,11 +89,17 @@ def plan_job(config: RunConfig, reporter: Reporter) -> Job:
     """Validate everything and load the model; raises UsageError / ModelLoadError before any work."""
     if config.out is None:
         raise UsageError(f"give an output folder with {setting('out')}")
+    if config.out.exists() and not config.out.is_dir():
+        raise UsageError(f"{setting('out')} {config.out}: a file, not a folder; give a folder (it is created "
+                         "when missing)")
     listed = config.files_from is not None
     if listed and config.inputs:
         raise UsageError(f"give the inputs as arguments or with {setting('files_from')}, not both")
     paths = images.read_file_list(config.files_from) if listed else list(config.inputs)
-    items = images.discover(paths, exclude=config.out, listed=listed, root=config.root)
+    skipped: list[images.Skipped] = []  # FIFOs, sockets, devices named like images, unreadable folders
+    items = images.discover(paths, exclude=config.out, listed=listed, root=config.root, skipped=skipped)
+    if skipped:
+        reporter.note(images.describe_skipped(skipped))
     if not items:  # a CI job with a path typo, or a folder that is not there yet, must not pass
         where = ", ".join(str(p) for p in paths)
         raise UsageError(f"no images in {where} (searched recursively for {', '.join(sorted(images.EXTENSIONS))}); "
@@ -290,7 +296,7 @@ def _explain_batch(job: Job, batch: dict, writer: outputs.OutputWriter) -> None:
                                              **job.content[keys[i]]))
         return
     facts = result.facts(resolved.labels)
-    sources = {g["key"]: str(job.items[g["index"]].path.resolve()) for g in good}
+    sources = {g["key"]: images.source(job.items[g["index"]]) for g in good}
     for g in good:  # the picture the report shows beside the overlays, once per image
         if g.get("picture") is not None:
             writer.submit_picture(g["key"], g["picture"])

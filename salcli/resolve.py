@@ -123,10 +123,12 @@ def resolve_target(text: Any, labels: tuple[str, ...] | None, num_classes: int) 
     flag = setting("target")
     if text == "pred":
         return None
-    if text.lstrip("-").isdigit():
-        index = int(text)
+    digits = text[1:] if text.startswith("-") else text
+    if digits.isascii() and digits.isdigit():  # not '²' or '--5', which int() refuses
+        index = int(text) if len(digits) <= 20 else num_classes  # int() reads at most 4300 digits
         if not 0 <= index < num_classes:
-            raise UsageError(f"{flag} {index} is out of range: the model has {num_classes} classes "
+            raise UsageError(f"{flag} {text[:24]}{'...' if len(text) > 24 else ''} is out of range: the model has "
+                             f"{num_classes} classes "
                              f"(0..{num_classes - 1})")
         return index
     if labels is None:

@@ -17,8 +17,10 @@ from .errors import UsageError
 MAX_SIDE = 4096  # pixels: an input side beyond this would not fit a model in memory (and is surely a typo)
 INTERPOLATION = Literal["bilinear", "bicubic", "nearest"]
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# Normalization constants for inputs scaled to [0, 1]: within these bounds (x - mean) / std stays finite in
+# float32 (a std of 1e-300 or a mean of 1e300 made every input inf, every score NaN, and the manifest unwritable).
+Finite = Annotated[float, Field(ge=-1e6, le=1e6, allow_inf_nan=False)]
+Positive = Annotated[float, Field(ge=1e-6, le=1e6, allow_inf_nan=False)]
 Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]
 
 

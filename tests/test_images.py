@@ -438,3 +438,112 @@ def test_picture_of_a_huge_image_is_bounded():
     im = Image.new("RGB", (6000, 4000), (10, 20, 30))
     out = picture(im, 512)
     assert out.shape == (341, 512, 3) and (out == (10, 20, 30)).all()
+
+
+# ---------------------------------------------------------------------------------------------- hostile files
+# Each of these failed before the fix it pins (found by tests/test_fuzz_images.py and by hand).
+@pytest.mark.parametrize("mode", ["L", "CMYK", "I;16", "RGBA", "P"])
+def test_decode_turns_an_uncompressed_tiff_by_its_orientation(tmp_path, mode):
+    """Pillow skipped the EXIF orientation of uncompressed TIFFs in these modes when it opened them by name (its
+    memory-mapped path); salcli reads through an open file, which takes the ordinary path."""
+    im = Image.new("RGB", (7, 5), (200, 100, 50))
+    im = im.convert(mode) if mode != "I;16" else Image.fromarray(np.full((5, 7), 4000, np.uint16))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a quarter turn clockwise to display
+    p = tmp_path / "turned.tif"
+    im.save(p, exif=exif, compression="raw")
+    assert decode(p).size == (5, 7)
+
+
+def test_prepare_of_an_extreme_strip_is_fast_and_small(tmp_path):
+    """A 1 x 4,000,000 PNG is a 35 kB file; resizing its short side to 16 px made 16 x 64,000,000 pixels (16 s and
+    6.7 GB of memory). Only the crop's region is resampled now (0.3 s)."""
+    import struct
+    import zlib
+
+    from limits import time_limit
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    rows = bytes(np.stack([np.zeros(4_000_000, np.uint8), np.arange(4_000_000) % 251], 1).astype(np.uint8))
+    p = tmp_path / "strip.png"  # 1 wide, 4,000,000 high, 8-bit gray: a filter byte and a pixel per row
+    p.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 4_000_000, 8, 0, 0, 0, 0))
+                  + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    pre = Preprocess(resize=16, crop=16, mean=(0.5,), std=(0.25,))
+    with time_limit(8, "prepare of a 1 x 4,000,000 strip"):
+        px = prepare(decode(p), pre)
+    assert px.shape == (16, 16, 3) and px.dtype == np.uint8
+
+
+def test_a_77_byte_png_that_declares_4_by_10_million_pixels(tmp_path):
+    """Found by tests/test_fuzz_images.py (SALCLI_FUZZ_EXAMPLES=6000): Pillow decodes this PNG (the missing rows
+    black), and preparing it took 6 s and 6 GB, or raised MemoryError, or ran past the time limit."""
+    from limits import time_limit
+
+    p = tmp_path / "tall.png"
+    p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x04\x00\xa3\xd7\x11\x08\x02\x00\x00\x00?.G\xa5"
+                  b"\x00\x00\x00\x14IDATx\x9cc<\x91b\xc4\x00\x03L\x0cH\x00\x85\x03\x003\xc8\x01d\xba\x97\xef\xd9"
+                  b"\x00\x00\x00\x00IEND\xaeB`\x82")
+    with time_limit(4, "decode and prepare of a 4 x 10,737,425 PNG"):  # 0.4 s here; 6.4 s before
+        im = decode(p)
+        assert im.size == (4, 10_737_425)
+        assert prepare(im, Preprocess(resize=16, crop=16, mean=(0.5,), std=(0.25,))).shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("interpolation,tol", [("bilinear", 1), ("bicubic", 2), ("nearest", 255)])
+def test_the_region_resample_agrees_with_the_full_resize(monkeypatch, interpolation, tol):
+    """Where both fit in memory, the region path gives the full path's crop within a grey level or two (bilinear,
+    bicubic; nearest picks a neighbouring pixel), and the same geometry."""
+    from salcli import images
+
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 256, (3000, 2, 3), dtype=np.uint8))  # 2 wide, 3000 high
+    pre = Preprocess(resize=16, crop=12, mean=(0.5,), std=(0.25,), interpolation=interpolation)
+    full = prepare(im, pre)
+    monkeypatch.setattr(images, "BOX_RESIZE_PIXELS", 0)  # every resize takes the region path
+    region = prepare(im, pre)
+    assert region.shape == full.shape
+    assert np.abs(region.astype(int) - full.astype(int)).max() <= tol
+
+
+def test_decode_float_image_nan_is_black_without_a_warning(tmp_path):
+    import warnings
+
+    arr = np.array([[np.nan, 0.5], [1.0, 0.0]], np.float32)
+    p = tmp_path / "nan.tif"
+    Image.fromarray(arr, "F").save(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "invalid value encountered in cast" was the symptom
+        got = np.asarray(decode(p))
+    assert got.tolist() == [[0, 128], [255, 0]]
+
+
+@pytest.mark.parametrize("fmt", ["ICO", "PPM", "TGA", "PCX"])
+def test_decode_reads_only_the_formats_of_the_image_extensions(tmp_path, fmt):
+    """A file named .png is parsed as BMP, GIF, JPEG, PNG, TIFF or WebP, never by another of Pillow's parsers
+    (EPS would run Ghostscript where it is installed)."""
+    p = tmp_path / "other.png"
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(p, format=fmt)
+    with pytest.raises(ImageError, match="not an image salcli reads"):
+        decode(p)
+
+
+def test_decode_reads_a_camera_mpo_as_jpeg(tmp_path):
+    p = tmp_path / "camera.jpg"
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(p, format="MPO", save_all=True,
+                                                append_images=[Image.new("RGB", (8, 6))])
+    assert decode(p).size == (8, 6)
+
+
+def test_decode_of_a_file_with_damaged_exif_decodes_and_warns_nothing(tmp_path):
+    """Pillow warns on every damaged file ("Corrupt EXIF data"): a folder of them flooded the terminal. The record
+    says whether the file decoded; the warnings are not shown."""
+    import warnings
+
+    p = tmp_path / "bad_exif.jpg"
+    exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00"  # an IFD of 5 tags, none of them there
+    Image.new("RGB", (16, 12), (1, 2, 3)).save(p, exif=exif)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decode(p).size == (16, 12)

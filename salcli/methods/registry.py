@@ -120,7 +120,7 @@ def coerce(value: Any, kind: Any, where: str) -> Any:
         if typing.get_origin(kind) is tuple:
             items = value if isinstance(value, (list, tuple)) else str(value).split(",")
             return tuple(int(v) for v in items)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a TOML list, table or date where a number belongs
         kind_name = getattr(kind, "__name__", str(kind))
         article = "an" if kind_name[:1] in "aeiou" else "a"
         raise UsageError(f"{where} takes {article} {kind_name}; got '{value}'") from None
