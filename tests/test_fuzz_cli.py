@@ -23,8 +23,6 @@ import itertools
 import json
 import math
 import os
-import signal
-import threading
 from pathlib import Path
 
 try:
@@ -37,6 +35,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import TINY, TINY_OPTS, Cli, write_images
+from limits import time_limit  # a SIGALRM limit that raises a BaseException: a hang fails the test
 from salcli import methods as registry
 from salcli.methods.registry import MAX_COUNT, param_fields
 from salcli.schema import KEYS, MAX_BATCH, MAX_SIDE
@@ -55,27 +54,6 @@ def fuzz(default: int):
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.large_base_example, HealthCheck.function_scoped_fixture])
 
-
-class Hang(BaseException):
-    """Raised where time ran out: a BaseException, so no ``except Exception`` turns it into an exit code."""
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expired(signum, frame):  # noqa: ARG001
-        raise Hang(f"the run took more than {seconds} s: a hang")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 THINGS = ("empty", "binary", "labels4", "labels3", "list", "preset.toml", "weights.safetensors", "dir", "fifo",
