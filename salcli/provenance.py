@@ -43,6 +43,19 @@ def record(key: str, method: str, settings: str, **fields: Any) -> dict[str, Any
     return {**base, **fields}
 
 
+def _printable(value: Any) -> Any:
+    """Every string in ``value`` (lists and dicts walked) as ``images.printable`` writes it."""
+    from .images import printable
+
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, (list, tuple)):
+        return [_printable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    return value
+
+
 def run_info(resolved, settings: dict[str, str], *, images: int, workers: int, counts: dict[str, int],
              timings: dict[str, Any], argv, interrupted: bool) -> dict[str, Any]:
     """run.json's contents (the writer adds the schema version, the format and the shards)."""
@@ -61,8 +74,8 @@ def run_info(resolved, settings: dict[str, str], *, images: int, workers: int, c
     config, engine = resolved.config, resolved.explainer
     return {
         "salcli_version": __version__,
-        "argv": argv,
-        "settings": config.to_json(),
+        "argv": _printable(argv),  # a file name that is not UTF-8 is written \xNN, as in the keys
+        "settings": _printable(config.to_json()),
         "model": {"spec": config.model, "kind": resolved.model.kind, "weights": config.weights,
                   "sha256": resolved.model.checksums, "trusted": config.trust_checkpoint,
                   "random_weights": resolved.model.random_weights,

@@ -87,3 +87,22 @@ def test_an_unexpected_error_is_one_line_and_exit_70(images_dir, tmp_path):
         shown = salcli(*debug, "explain", images_dir, "-o", tmp_path / "o", "--model", spec, *TINY_OPTS[2:],
                        env=env)
         assert shown.returncode == 1 and "Traceback" in shown.stderr and "eval mode" in shown.stderr
+
+
+def test_a_non_utf8_name_typed_on_the_command_line(images_dir, tmp_path):
+    """run.json holds the command line: a file name that is not UTF-8 is written \\xNN there, as in the keys."""
+    import json
+    import shutil
+
+    name = os.fsdecode(b"bad\xffname.png")
+    shutil.copy(images_dir / "img00.png", tmp_path / name)
+    done = salcli("explain", tmp_path / name, "-o", tmp_path / "o", *TINY_OPTS)
+    assert done.returncode == 0, done.stderr
+    run = json.loads((tmp_path / "o" / "run.json").read_text(encoding="utf-8"))
+    assert any("bad\\xffname.png" in a for a in run["argv"])
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no folder can be created")
+def test_an_output_folder_that_cannot_be_created(cli, images_dir):
+    err = cli("explain", images_dir, "-o", "/proc/salcli-out", *TINY_OPTS, expect=2).stderr
+    assert "cannot be created" in err

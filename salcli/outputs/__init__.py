@@ -178,7 +178,12 @@ class OutputWriter:
 
         self.out, self.shard = out, shard
         self.sink = sinks.get(sink)(out)  # an unknown name fails before anything is created
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # read-only, /proc, a path under a file, no permission
+            from ..errors import UsageError, setting
+
+            raise UsageError(f"{setting('out')} {out}: cannot be created ({exc.strerror or exc})") from None
         # the last record of every (image, method) of this run's images, from the merged manifest and the parts
         self.previous = journal.latest(journal.sources(out, out / MANIFEST), keys)
         self.records = RecordStore()
