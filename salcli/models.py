@@ -1,8 +1,9 @@
 """Model specs -> an eval-mode ``nn.Module``, plus weights, presets and labels. Which spec builds which model is
 up to the model sources in ``salcli.sources`` (one module each); this module loads weights and freezes the model.
 
-Nothing that runs pickled code is loaded unless the user passed ``--trust-checkpoint``; a failed weights-only
-load is never retried with ``weights_only=False``.
+Nothing that runs pickled code is loaded unless the user passed ``--trust-checkpoint``: without it a failed
+weights-only load is an error naming what blocked it, never retried with ``weights_only=False``; with it the
+user has said the file is trusted (``salcli.checkpoint``).
 """
 
 from __future__ import annotations

@@ -185,7 +185,8 @@ class OutputWriter:
 
             raise UsageError(f"{setting('out')} {out}: cannot be created ({exc.strerror or exc})") from None
         # the last record of every (image, method) of this run's images, from the merged manifest and the parts
-        self.previous = journal.latest(journal.sources(out, out / MANIFEST), keys)
+        # and every image OUT holds, in the same pass (``gone``)
+        self.previous, self._present = journal.scan(journal.sources(out, out / MANIFEST), keys)
         self.records = RecordStore()
         self.journal = journal.Journal(journal.manifest_part(out, shard))
         self._fresh: list[tuple[str, str]] = []  # records of this run not yet in the journal
@@ -209,10 +210,9 @@ class OutputWriter:
     def gone(self, keys: set[str]) -> list[str]:
         """Images with records in OUT (merged manifest or parts) that are not among ``keys``, this run's images:
         deleted or moved since. A shard counts only the images its slice would hold."""
-        from . import journal
         from ..images import shard_of
 
-        found = journal.images(journal.sources(self.out, self.out / MANIFEST)) - keys
+        found = self._present - keys
         if self.shard is not None:
             found = {k for k in found if shard_of(k, self.shard[1]) == self.shard[0]}
         return sorted(found)

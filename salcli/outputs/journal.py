@@ -104,23 +104,22 @@ def is_pruned(line: str) -> bool:
     return f'"{PRUNED}"' in line and json.loads(line).get("status") == PRUNED
 
 
-def images(paths: list[Path]) -> set[str]:
-    """The images that have a record over ``paths`` whose last record is not a tombstone."""
-    last: dict[tuple[str, str], bool] = {}
+def scan(paths: list[Path], keys: set | None = None) -> tuple[dict[tuple[str, str], dict], set[str]]:
+    """One pass over ``paths``: the last record per (image, method) (only images in ``keys`` when given), and
+    every image whose last record of some method is not a tombstone (what OUT holds, for ``gone``)."""
+    found: dict[tuple[str, str], dict] = {}
+    pruned: dict[tuple[str, str], bool] = {}
     for path in paths:
-        for key, line in read_lines(path):
-            last[key] = is_pruned(line)
-    return {image for (image, _), pruned in last.items() if not pruned}
+        for key, _, rec in _records(path):
+            pruned[key] = rec.get("status") == PRUNED
+            if keys is None or key[0] in keys:
+                found[key] = rec
+    return found, {image for (image, _), gone in pruned.items() if not gone}
 
 
 def latest(paths: list[Path], keys: set | None = None) -> dict[tuple[str, str], dict]:
     """The last record per (image, method) over ``paths`` (only images in ``keys`` when given)."""
-    found: dict[tuple[str, str], dict] = {}
-    for path in paths:
-        for key, _, rec in _records(path):
-            if keys is None or key[0] in keys:
-                found[key] = rec
-    return found
+    return scan(paths, keys)[0]
 
 
 def merged_lines(paths: list[Path], bucket_bytes: int = 64 << 20) -> Iterator[str]:
