@@ -78,7 +78,7 @@ def caption(facts: dict[str, Any]) -> str:
     text = f"pred {name} {facts['prob']:.0%}" if facts["prob"] is not None else f"pred {name} (probability NaN)"
     if facts.get("target") != facts.get("pred"):
         text += f" | map for {facts.get('target_label') or facts.get('target')}"
-    return text
+    return re.sub(r"[\x00-\x1f\x7f]+", " ", text)  # a class name with a newline is drawn on one line
 
 
 def draw(display: Display, resize: int, mode: str, saliency: np.ndarray, item: dict[str, Any],

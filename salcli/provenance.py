@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import platform
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -19,24 +21,49 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def folder_contents(folder: str) -> str | None:
+    """A fingerprint of the files under ``folder`` (relative names and bytes): reference images replaced under
+    the same path change the maps, so they change the settings too. None when the folder does not exist."""
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode("utf-8", "surrogateescape") + b"\0")
+        with open(path, "rb") as fh:
+            digest.update(hashlib.file_digest(fh, "sha256").digest() if hasattr(hashlib, "file_digest")
+                          else hashlib.sha256(fh.read()).digest())
+    return digest.hexdigest()[:16]
+
+
+def _params(params) -> dict[str, Any]:
+    values = dataclasses.asdict(params)
+    if values.get("references"):
+        values["references_contents"] = folder_contents(values["references"])
+    return values
+
+
 def method_settings(resolved) -> dict[str, str]:
     """method -> a fingerprint of everything its outputs depend on (resume compares it)."""
     config = resolved.config
     common = {"model": config.model, "checksums": resolved.model.checksums, "weights": config.weights,
               "preprocess": dataclasses.asdict(resolved.preprocess), "target": resolved.target,
-              "layer": resolved.layer, "seed": config.seed, "colormap": config.colormap, "alpha": config.alpha,
+              "seed": config.seed, "colormap": config.colormap, "alpha": config.alpha,
               "labels": fingerprint(resolved.labels),
               "overlay": [getattr(config, k, None) for k in ("overlay_on", "overlay_size", "sign", "scale")]}
     if (resolved.model.weights or {}).get("key"):
         common["weights_key"] = resolved.model.weights["key"]  # which entry of the file the weights came from
     if config.precision != "fp32":
         common["precision"] = config.precision  # fp32 fast paths give the same maps; bf16 does not
-    return {m.name: fingerprint({**common, "method": m.name, "params": dataclasses.asdict(m.params)})
+    return {m.name: fingerprint({**common, "method": m.name, "params": _params(m.params),
+                                 **({"layer": resolved.layer} if m.needs_layer else {})})
             for m in resolved.methods}
 
 
 def record(key: str, method: str, settings: str, **fields: Any) -> dict[str, Any]:
-    """A manifest line: every field the contract promises, then what the caller adds."""
+    """A manifest line: every field the contract promises, then what the caller adds. A float that is not
+    finite (a NaN completeness gap of a model whose output was NaN) is written null: JSON has no NaN."""
+    fields = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()}
     base = {"image": key, "method": method, "status": None, "error": None, "npy": None, "overlay": None,
             "pred": None, "pred_label": None, "prob": None, "target": None, "target_label": None, "score": None,
             "settings": settings, "schema_version": SCHEMA_VERSION}
