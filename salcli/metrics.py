@@ -47,29 +47,67 @@ def top_k_iou(saliency: np.ndarray, mask: np.ndarray, k: float = 0.2) -> float:
 
 # ---------------------------------------------------------------------------------------------- faithfulness
 def noisy_linear_imputation(x: torch.Tensor, removed: torch.Tensor, noise: float = 0.01,
-                            iterations: int = 60, generators: list[torch.Generator] | None = None) -> torch.Tensor:
-    """ROAD's fill: removed pixels take the average of their neighbours (a discrete Laplace equation,
-    solved here by Jacobi iterations), plus Gaussian noise of std ``noise``. x (B, C, H, W); removed (B, 1, H, W)
-    bool. ``generators``: one per image, so an image's noise does not depend on the batch it is in (default:
-    torch's global generator)."""
-    removed = removed.to(x.dtype)
-    kernel = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]],
-                          dtype=x.dtype, device=x.device)
-    kernel = kernel.view(1, 1, 3, 3).repeat(x.shape[1], 1, 1, 1)
-    y = x * (1 - removed) + (x * (1 - removed)).mean(dim=(2, 3), keepdim=True) * removed
-    ones = torch.ones_like(x[:, :1])
-    weight = F.conv2d(F.pad(ones, (1, 1, 1, 1)), kernel[:1])  # border pixels have fewer neighbours
-    for _ in range(iterations):
-        smooth = F.conv2d(F.pad(y, (1, 1, 1, 1)), kernel, groups=x.shape[1]) / weight
-        y = x * (1 - removed) + smooth * removed
+                            generators: list[torch.Generator] | None = None, tolerance: float = 1e-6,
+                            max_iterations: int | None = None) -> torch.Tensor:
+    """ROAD's fill (Rong et al. 2022): each removed pixel takes the weighted average of its 8 neighbours (1/6 for
+    the sides, 1/12 for the corners), a discrete Laplace equation with the kept pixels as its boundary, plus
+    Gaussian noise of std ``noise``. x (B, C, H, W); removed (B, 1, H, W) bool. ``generators``: one per image, so
+    an image's noise does not depend on the batch it is in (default: torch's global generator).
+
+    The equation is solved, not approximated: preconditioned conjugate gradients (the system is symmetric and
+    positive definite), from the mean of the kept pixels, until every residual is below ``tolerance`` times the
+    image's range or after ``max_iterations`` (default 4 x the image's longer side). ROAD's reference solves the
+    same sparse system directly; the two agree to ~2e-4 on a 224 px photo in float32 (tests/test_quantus.py), far
+    below the noise ROAD adds. A fixed number of Jacobi sweeps, as salcli used before, stays far from the solution
+    inside a large removed region."""
+    r = removed.to(x.dtype).expand_as(x)
+    kept = 1 - r
+    known = x * kept
+    count = kept.sum(dim=(2, 3), keepdim=True)
+    start = torch.where(count > 0, known.sum(dim=(2, 3), keepdim=True) / count.clamp_min(1), torch.zeros_like(count))
+    weight = _neighbours(torch.ones_like(x[:1, :1]))  # border pixels have fewer neighbours
+
+    def apply(u):  # the system's matrix on the removed pixels: weight * u - neighbours(u)
+        return r * (weight * u - _neighbours(u))
+
+    u = r * start
+    residual = r * _neighbours(known) - apply(u)
+    z = residual / weight
+    direction = z
+    rz = (residual * z).sum(dim=(2, 3), keepdim=True)
+    scale = (x.amax(dim=(1, 2, 3), keepdim=True) - x.amin(dim=(1, 2, 3), keepdim=True)).clamp_min(1e-12)
+    limit = max_iterations if max_iterations is not None else 4 * max(x.shape[-2:])
+    for _ in range(limit):
+        if bool((residual.abs() <= tolerance * scale).all()):
+            break
+        a_dir = apply(direction)
+        curvature = (direction * a_dir).sum(dim=(2, 3), keepdim=True)
+        alpha = torch.where(curvature > 0, rz / curvature.clamp_min(1e-30), torch.zeros_like(rz))
+        u = u + alpha * direction
+        residual = residual - alpha * a_dir
+        z = residual / weight
+        rz_next = (residual * z).sum(dim=(2, 3), keepdim=True)
+        beta = torch.where(rz > 0, rz_next / rz.clamp_min(1e-30), torch.zeros_like(rz))
+        direction = z + beta * direction
+        rz = rz_next
+    y = known + u
     if noise > 0:
         if generators is None:
             eps = torch.randn(x.shape)
         else:
             eps = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators])
         eps = eps.to(x.device, x.dtype)
-        y = y + noise * eps * removed
+        y = y + noise * eps * r
     return y
+
+
+def _neighbours(y: torch.Tensor) -> torch.Tensor:
+    """The weighted sum of each pixel's 8 neighbours (1/6 for the 4 sides, 1/12 for the 4 corners; zero outside
+    the image), per channel: ROAD's 3x3 kernel, as shifted sums (4x faster than a grouped convolution on CPU)."""
+    p = F.pad(y, (1, 1, 1, 1))
+    corners = p[..., :-2, :-2] + p[..., :-2, 2:] + p[..., 2:, :-2] + p[..., 2:, 2:]
+    sides = p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
+    return corners / 12 + sides / 6
 
 
 def perturbation_curve(model, x: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor, mode: str,
@@ -99,17 +137,15 @@ def perturbation_curve(model, x: torch.Tensor, saliency: torch.Tensor, target: t
         other = None
     else:
         raise ValueError(f"unknown fill '{fill}'; use zero, blur or road")
-    inputs = []
-    for n in counts:
-        changed = rank < n  # the n most salient pixels
-        if mode == "deletion":
-            inputs.append(noisy_linear_imputation(x, changed, generators=generators) if other is None
-                          else torch.where(changed, other, x))
-        elif mode == "insertion":
-            inputs.append(torch.where(changed, x, other))
-        else:
-            raise ValueError("mode is deletion or insertion")
-    stacked = torch.stack(inputs, dim=1).reshape(b * len(counts), c, h, w)
+    if mode not in ("deletion", "insertion"):
+        raise ValueError("mode is deletion or insertion")
+    changed = torch.stack([rank < n for n in counts], dim=1)  # (B, S, 1, H, W): the n most salient pixels
+    if other is None:  # ROAD: every step of every image imputed in one batch (not one call per step)
+        stacked = _road_steps(x, changed, generators, max(1, chunk))
+    else:
+        xs, fill = x.unsqueeze(1), other.unsqueeze(1)
+        stacked = (torch.where(changed, fill, xs) if mode == "deletion" else torch.where(changed, xs, fill))
+        stacked = stacked.reshape(b * len(counts), c, h, w)
     tgt = target.to(x.device).repeat_interleave(len(counts))
     probs = []
     with torch.no_grad():
@@ -117,6 +153,21 @@ def perturbation_curve(model, x: torch.Tensor, saliency: torch.Tensor, target: t
             logits = model(stacked[s:s + chunk])
             probs.append(torch.softmax(logits.float(), dim=1).gather(1, tgt[s:s + chunk].view(-1, 1)).squeeze(1))
     return torch.cat(probs).view(b, len(counts)).cpu()
+
+
+def _road_steps(x: torch.Tensor, changed: torch.Tensor, generators: list[torch.Generator] | None,
+                chunk: int) -> torch.Tensor:
+    """The ROAD-imputed inputs of every step, (B * S, C, H, W) image-major, ``chunk`` inputs per call of the
+    imputation. Each image's generator draws its steps' noise in step order, as one call per step would."""
+    b, steps = changed.shape[:2]
+    xs = x.unsqueeze(1).expand(b, steps, *x.shape[1:]).reshape(b * steps, *x.shape[1:])
+    masks = changed.reshape(b * steps, *changed.shape[2:])
+    gens = None if generators is None else [g for g in generators for _ in range(steps)]
+    parts = []
+    for s in range(0, b * steps, chunk):
+        parts.append(noisy_linear_imputation(xs[s:s + chunk], masks[s:s + chunk],
+                                             generators=None if gens is None else gens[s:s + chunk]))
+    return torch.cat(parts)
 
 
 def auc(curve: torch.Tensor) -> torch.Tensor:

@@ -96,3 +96,26 @@ def test_readme_metric_table_is_generated_from_the_registry():
     text = (ROOT / "README.md").read_text()
     assert docs.between(text, docs.METRICS_BEGIN, docs.METRICS_END) == docs.metric_table(), \
         "run: python -m salcli.docs --write"
+
+
+def test_gates_name_the_metric_the_method_the_value_and_the_bar():
+    """gates.check on hand-made rows: the random baseline is passed over wherever it appears (and does not stop
+    the check of the rows after it), each side of each bar, the words, and a metric not measured fails."""
+    from salcli.errors import word
+
+    rows = [{"method": "random", "energy": 0.0, "deletion_auc": 1.0},
+            {"method": "gradcam", "energy": 0.4, "deletion_auc": 0.30},
+            {"method": "vanilla", "energy": 0.6, "deletion_auc": 0.10, "pointing_game": None}]
+    assert gates.check(rows, {"min_energy": None}) == []  # a gate not asked for, and the gates after it
+    assert len(gates.check(rows, {"min_pointing_game": None, "min_energy": 0.5})) == 1
+    failed = [word(f, {}) for f in gates.check(rows, {"min_energy": 0.5, "max_deletion_auc": 0.2})]
+    assert failed == ["--min-energy: energy of gradcam is 0.4000, below the bar 0.5",
+                      "--max-deletion-auc: deletion_auc of gradcam is 0.3000, above the bar 0.2"]
+    # a value on the bar passes, on either side
+    assert gates.check(rows, {"min_energy": 0.4, "max_deletion_auc": 0.3}) == []
+    assert gates.check(rows, {"min_energy": 0.0, "max_deletion_auc": 1.0}) == []
+    # the random rows are never gated, first or last
+    assert gates.check(rows[::-1], {"min_energy": 0.41}) != [] and gates.check(rows[:1], {"min_energy": 0.9}) == []
+    missing = [word(f, {}) for f in gates.check(rows, {"min_pointing_game": 0.5})]
+    assert missing == ["--min-pointing-game: pointing_game of gradcam was not measured (bar 0.5)",
+                       "--min-pointing-game: pointing_game of vanilla was not measured (bar 0.5)"]
