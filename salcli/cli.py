@@ -36,7 +36,7 @@ def _stderr():
 
 # How the command line spells a setting that a library error names (errors.setting); the rest are --name.
 FLAGS = {"out": "-o/--out", "config_file": "--config", "methods": "-m/--method", "params": "-p/--param",
-         "method": "-m/--method"}
+         "method": "-m/--method", "overlays": "--no-overlays"}
 
 
 def _fail(exc: SalcliError) -> typer.Exit:
@@ -200,6 +200,14 @@ def explain(
     scale: Optional[str] = typer.Option(None, "--scale", help="Colour scale: image (each map its own), run (one "
                                         "per method over the run's maps, to compare images), or a number (the "
                                         "map value that saturates). [default: image]", show_default=False),
+    output_format: Optional[str] = typer.Option(None, "--format", help="How maps and overlays are stored: files "
+                                                "(a .npy and a .png per image and method), parquet (rows in "
+                                                "OUT/data/*.parquet, needs salcli[parquet]) or webdataset (tar "
+                                                "shards in OUT/wds/). [default: files]", show_default=False),
+    no_overlays: bool = typer.Option(False, "--no-overlays", help="Store maps only: no overlay is drawn or "
+                                     "stored (nor the report's copy of each picture)."),
+    map_dtype: Optional[str] = typer.Option(None, "--map-dtype", help="float32, or float16 (half the bytes; read "
+                                            "back as float32). [default: float32]", show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
     prune: bool = typer.Option(False, "--prune", help="Remove the outputs and manifest records of images that "
                                "are no longer among the inputs (deleted or moved since an earlier run into OUT)."),
@@ -233,7 +241,8 @@ def explain(
            "params": param, "target": target, "layer": layer, "device": device, "batch_size": batch_size,
            "chunk": chunk, "workers": workers, "precision": precision, "optimize": optimize, "seed": seed,
            "colormap": colormap, "alpha": alpha, "overlay_on": overlay_on, "overlay_size": overlay_size,
-           "sign": sign, "scale": scale,
+           "sign": sign, "scale": scale, "format": output_format, "overlays": False if no_overlays else None,
+           "map_dtype": map_dtype,
            "overwrite": overwrite or None, "prune": prune or None, "shard": shard, "no_shard": no_shard or None,
            "files_from": files_from, "root": root, "max_failures": max_failures, "json": as_json or None, "quiet": quiet or None}
     try:

@@ -88,6 +88,9 @@ class RunConfig:
     overlay_size: int = 512  # most pixels on an overlay's long side
     sign: str = "all"  # how signed maps are drawn: all, positive, negative, absolute
     scale: str = "image"  # image, run, or a fixed value that saturates the colours
+    format: str = "files"  # the output sink (outputs/sinks/): files, parquet or webdataset
+    overlays: bool = True  # draw and store an overlay per map (--no-overlays: maps only)
+    map_dtype: str = "float32"  # how maps are stored: float32, or float16 (half the bytes; read back as float32)
     overwrite: bool = False
     shard: tuple[int, int] | None = None
     shard_source: str | None = None  # where ``shard`` came from, in words (see ``parse_shard``)
@@ -424,6 +427,18 @@ def check_device(device: str) -> str:
     return device
 
 
+MAP_DTYPES = ("float32", "float16")
+
+
+def check_output(values: dict[str, Any]) -> None:
+    """``--format`` (a registered sink, whose libraries are installed) and ``--map-dtype``; usage errors."""
+    from .outputs import sinks  # numpy and the sink modules, no torch
+
+    sinks.get(str(values.get("format", "files"))).require()  # unknown: a usage error listing the formats
+    if values.get("map_dtype", "float32") not in MAP_DTYPES:
+        raise UsageError(f"{setting('map_dtype')} takes {' or '.join(MAP_DTYPES)}; got '{values['map_dtype']}'")
+
+
 OVERLAY_ON = ("original", "input")
 SIGN_MODES = ("all", "positive", "negative", "absolute")  # maps.SIGN_MODES (config imports no torch)
 SCALES = ("image", "run")
@@ -510,6 +525,7 @@ def build_overrides(cli: dict[str, Any]) -> tuple[RunConfig, frozenset[str]]:
     values["max_failures"] = parse_max_failures(values.get("max_failures", "0"))
     values["chunk"] = parse_batch_size(values.get("chunk", "auto"), setting("chunk"))
     values["device"] = check_device(values.get("device", "auto"))
+    check_output(values)
     if values.get("precision", "fp32") not in ("fp32", "bf16"):
         raise UsageError(f"{setting('precision')} takes fp32 or bf16; got '{values['precision']}'")
     if "shard" in cli or "no_shard" in cli:  # commands without a --shard option (evaluate, sanity) never shard
@@ -542,6 +558,10 @@ def build_overrides(cli: dict[str, Any]) -> tuple[RunConfig, frozenset[str]]:
         raise UsageError(f"{setting('alpha')} must be between 0 and 1")
     values["scale"] = check_display(values.get("overlay_on", "original"), values.get("overlay_size", 512),
                                     values.get("sign", "all"), values.get("scale", "image"))
+    if values["scale"] == "run" and values.get("format", "files") != "files":
+        raise UsageError(f"{setting('scale')} run draws every overlay again at the end, which a packed "
+                         f"{setting('format')} ({values['format']}) cannot rewrite; use {setting('scale')} image, or a "
+                         f"fixed {setting('scale')} VALUE")
     if values["scale"] == "run" and values.get("shard") is not None:
         raise UsageError(f"{setting('scale')} run needs every image in one process, and {setting('shard')} gives "
                          f"this one a slice; use {setting('scale')} image, or a fixed {setting('scale')} VALUE "

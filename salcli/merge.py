@@ -3,8 +3,9 @@
 ``merge`` streams every journal (``OUT/parts/manifest-*.jsonl``) and the old merged manifest into
 ``OUT/manifest.jsonl`` (the last record of each (image, method), sorted, in bounded memory) and the shards' run
 files into ``OUT/run.json`` (counts summed, the shards present, one settings fingerprint per method). ``verify``
-accounts for every expected image: missing, failed, duplicated across shards, mixed settings, or not among the
-inputs. Never imports typer.
+accounts for every expected image: missing, failed, outputs missing (the run's sink says a record's map or overlay
+is not whole: a deleted file, a part a kill left unfinished), duplicated across shards, mixed settings, or not
+among the inputs. Both work on every format: they read journals, and ask the run's sink only. Never imports typer.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ def verify(out: Path, files_from: Path | None = None) -> list[str]:
     problems = []
     missing = [(k, m) for k in sorted(expected) for m in methods if (k, m) not in records]
     failed = [(k, m) for (k, m), r in records.items() if r.get("status") == "error"]
+    sink = outputs.open_sink(out, parts[0])  # the run's format: its outputs must still be there, whole
+    incomplete = sorted(key for key, r in records.items() if r.get("status") in ("ok", "skipped")
+                        and not sink.complete(r))
     foreign = sorted({k for k, _ in records} - expected)
     seen: dict[tuple[str, str], str] = {}
     duplicated = set()
@@ -94,7 +98,8 @@ def verify(out: Path, files_from: Path | None = None) -> list[str]:
             if seen.setdefault(key, path.name) != path.name:
                 duplicated.add(key)
     settings = {m: {r.get("settings") for (k, mm), r in records.items() if mm == m} for m in methods}
-    for label, items in (("missing", missing), ("failed", failed), ("duplicated across shards", sorted(duplicated))):
+    for label, items in (("missing", missing), ("failed", failed), ("outputs missing", incomplete),
+                         ("duplicated across shards", sorted(duplicated))):
         if items:
             shown = ", ".join(f"{k} ({m})" for k, m in items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
             problems.append(f"{label}: {len(items)} (image, method): {shown}")

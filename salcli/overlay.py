@@ -135,8 +135,8 @@ def redraw_at_run_scale(resolved, writer, items, workers: int = 0) -> int:
     from . import images
 
     display = Display.from_config(resolved.config)
-    if display.scale != "run":
-        return 0
+    if display.scale != "run" or not getattr(resolved.config, "overlays", True) or writer.sink.buffered:
+        return 0  # a packed sink's rows are never rewritten: config.py refuses --scale run with one
     writer.drain(wait_all=True)
     methods = {m.name: m for m in resolved.methods}
     records = [writer.records[k] for k in list(writer.records) if k[1] in methods]

@@ -159,7 +159,8 @@ def run(config: RunConfig, reporter: Reporter | None = None, argv: list[str] | N
     started = time.time()
     job = plan_job(config, reporter)
     loaded_at = time.time()
-    writer = outputs.OutputWriter(config.out, shard=config.shard, keys={item.key for item in job.items})
+    writer = outputs.OutputWriter(config.out, shard=config.shard, keys={item.key for item in job.items},
+                                  sink=config.format, overlays=config.overlays, map_dtype=config.map_dtype)
     interrupted = False
     todo: list[int] = []
     gone: list[str] = []
@@ -297,8 +298,8 @@ def _explain_batch(job: Job, batch: dict, writer: outputs.OutputWriter) -> None:
         return
     facts = result.facts(resolved.labels)
     sources = {g["key"]: images.source(job.items[g["index"]]) for g in good}
-    for g in good:  # the picture the report shows beside the overlays, once per image
-        if g.get("picture") is not None:
+    for g in good:  # the picture the report shows beside the overlays, once per image (none with --no-overlays)
+        if g.get("picture") is not None and resolved.config.overlays:
             writer.submit_picture(g["key"], g["picture"])
     display = overlay.Display.from_config(resolved.config)
     for m in resolved.methods:

@@ -55,6 +55,12 @@ def method_settings(resolved) -> dict[str, str]:
         common["weights_key"] = resolved.model.weights["key"]  # which entry of the file the weights came from
     if config.precision != "fp32":
         common["precision"] = config.precision  # fp32 fast paths give the same maps; bf16 does not
+    # --no-overlays and --map-dtype float16 change what is stored; named only when set, so that the fingerprints
+    # of earlier runs stay as they were
+    if not getattr(config, "overlays", True):
+        common["overlays"] = False
+    if getattr(config, "map_dtype", "float32") != "float32":
+        common["map_dtype"] = config.map_dtype
     return {m.name: fingerprint({**common, "method": m.name, "params": _params(m.params),
                                  **({"layer": resolved.layer} if m.needs_layer else {})})
             for m in resolved.methods}

@@ -5,9 +5,11 @@ OUT/plots/*.png) and returns one HTML page that leads with the gallery: one row 
 its original picture and one overlay per method; then the failed images, the evaluation table and plots, and the
 run's settings folded in a ``<details>``. Times are ISO 8601 (UTC). Overlays and pictures are found by the run's
 sink (``outputs.open_sink``: run.json's ``format``), never by reading manifest paths here, and linked by
-relative, URL-quoted paths, so the report keeps working when OUT is copied elsewhere. Work is linear in the
-manifest: one dict lookup and one ``overlay_link`` (a ``stat`` for ``files``) per (image, method); images load
-lazily in the browser.
+relative, URL-quoted paths, so the report keeps working when OUT is copied elsewhere. A packed run (``--format
+parquet|webdataset``) keeps its overlays inside its part files, where no browser can show them: the report copies
+each one out to OUT/report_files/METHOD/KEY.png (``outputs.export_overlay``, the one write here) and links that;
+a run with ``--no-overlays`` shows "no overlay". Work is linear in the manifest: one dict lookup and one
+``overlay_link`` (a ``stat`` for ``files``) per (image, method); images load lazily in the browser.
 """
 
 from __future__ import annotations
@@ -317,6 +319,8 @@ def _cell(sink: outputs.sinks.Sink, rec: dict | None, metric_row: dict | None, p
     if rec.get("status") == "error":
         return f"<td class=\"err\">{escape(str(rec.get('error')))}</td>"
     rel = sink.overlay_link(rec)
+    if rel is None and rec.get("overlay") is not None:
+        rel = outputs.export_overlay(sink, rec)  # a packed sink's overlay, copied out for the browser
     if _inside(rel):  # the sink's answer, still never a link outside OUT
         src = _href(prefix, rel)
         body = (f"<a href=\"{src}\"><img class=\"ov\" loading=\"lazy\" decoding=\"async\" src=\"{src}\" "

@@ -63,6 +63,9 @@ class Preset(_Strict):
     overlay_size: Annotated[int, Field(ge=16, le=MAX_SIDE)] | None = None
     sign: Literal["all", "positive", "negative", "absolute"] | None = None
     scale: Union[str, Annotated[float, Field(gt=0, allow_inf_nan=False)], None] = None
+    format: str | None = None
+    overlays: bool | None = None
+    map_dtype: Literal["float32", "float16"] | None = None
 
 
 KEYS = tuple(name for name in Preset.model_fields if name != "params")

@@ -482,6 +482,8 @@ OUTPUT_SETTINGS = {
                                                                           s.config.overlay_size))),
     "sign": lambda s, d: s.with_config(sign=d.draw(st.sampled_from(["positive", "negative", "absolute"]))),
     "scale": lambda s, d: s.with_config(scale=d.draw(st.one_of(st.just("run"), st.floats(1e-9, 1e9).map(str)))),
+    "overlays": lambda s, d: s.with_config(overlays=False),  # --no-overlays: no overlay stored
+    "map_dtype": lambda s, d: s.with_config(map_dtype="float16"),  # other bytes in every format
 }
 
 
@@ -585,13 +587,15 @@ NEUTRAL_SETTINGS = {
     "inputs": st.lists(TEXT.map(Path), max_size=3).map(tuple),
     "config_file": st.one_of(st.none(), TEXT.map(Path)),
     "trust_checkpoint": st.booleans(),
+    "format": st.sampled_from(["files", "parquet", "webdataset"]),  # where maps go, not what they hold
 }
 
 
 # The RunConfig fields an output depends on: each is tested above, through what ``resolve`` makes of it (the
 # preprocessing, the labels, the methods and their params, the target, the layer, the weights' key and checksums)
 OUTPUT_FIELDS = {"model", "weights", "weights_key", "preprocess", "labels", "methods", "params", "target", "layer",
-                 "seed", "precision", "colormap", "alpha", "overlay_on", "overlay_size", "sign", "scale"}
+                 "seed", "precision", "colormap", "alpha", "overlay_on", "overlay_size", "sign", "scale", "overlays",
+                 "map_dtype"}
 
 
 def test_every_run_setting_is_classified():

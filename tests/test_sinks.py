@@ -248,8 +248,8 @@ def test_open_sink_reads_the_format_from_run_json(memory, tmp_path):
     assert type(outputs.open_sink(tmp_path, {"format": "memtest"})) is Memory
     outputs.write_json(tmp_path / "run.json", {"format": "memtest"})
     assert type(outputs.open_sink(tmp_path)) is Memory  # read from OUT when not given
-    with pytest.raises(UsageError, match="unknown output format 'parquet'"):
-        outputs.open_sink(tmp_path, {"format": "parquet"})
+    with pytest.raises(UsageError, match="unknown output format 'orc'"):
+        outputs.open_sink(tmp_path, {"format": "orc"})
 
 
 def test_the_outputs_package_registers_files_without_importing_torch():

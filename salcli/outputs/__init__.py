@@ -67,9 +67,9 @@ def write_bytes(final: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_npy(final: Path, array: np.ndarray) -> None:
+def write_npy(final: Path, array: np.ndarray, dtype: Any = np.float32) -> None:
     with atomic_path(final) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+        np.save(fh, np.ascontiguousarray(array, dtype=dtype), allow_pickle=False)
 
 
 def write_png(final: Path, image: np.ndarray) -> None:
@@ -168,16 +168,21 @@ class RecordStore(Mapping):
 class OutputWriter:
     """Writes maps and overlays through a sink in a thread pool; keeps the run's manifest records.
 
-    ``sink`` names a registered sink (``sinks.REGISTRY``; default ``files``: the .npy + .png pair).
+    ``sink`` names a registered sink (``sinks.REGISTRY``; default ``files``: the .npy + .png pair); ``overlays``
+    and ``map_dtype`` are ``--no-overlays`` and ``--map-dtype``, handed to it.
     ``previous`` maps (image, method) to the last manifest record for resume decisions.
+
+    A record is journaled once its outputs are whole: when the sink's ``write`` returns, or for a packed sink
+    (``sink.buffered``) when the part file holding its row is written (``sink.flush``, see ``sinks``).
     """
 
     def __init__(self, out: Path, threads: int = 2, sink: str = "files", shard: tuple[int, int] | None = None,
-                 keys: set[str] | None = None) -> None:
+                 keys: set[str] | None = None, overlays: bool = True, map_dtype: str = "float32") -> None:
         from . import journal
 
         self.out, self.shard = out, shard
-        self.sink = sinks.get(sink)(out)  # an unknown name fails before anything is created
+        # an unknown name fails before anything is created
+        self.sink = sinks.get(sink)(out, shard=shard, overlays=overlays, map_dtype=map_dtype)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # read-only, /proc, a path under a file, no permission
@@ -235,7 +240,8 @@ class OutputWriter:
     # -- writing
     def submit(self, record: dict[str, Any], saliency: np.ndarray, render: Callable[[], np.ndarray]) -> None:
         """Queue the map (H, W) and the overlay (``render()``, called on a writer thread) of one (image, method)
-        for the sink; the record gets the sink's fields and becomes ``ok`` once the sink's write returns."""
+        for the sink; the record gets the sink's fields and becomes ``ok`` once the sink's write returns (a packed
+        sink's: once its part is written)."""
         record = {**record, **self.sink.fields(record["method"], record["image"])}
         future = self._pool.submit(self.sink.write, record, saliency, render)
         self._pending.append((future, record))
@@ -260,13 +266,26 @@ class OutputWriter:
                 continue
             try:
                 future.result()
-                self.add(record)
+                if not self.sink.buffered:  # a packed sink hands the record back from ``flush``
+                    self.add(record)
             except Exception as exc:  # noqa: BLE001 - one file's failure is recorded, not fatal
                 self.sink.discard(record)
-                cleared = dict.fromkeys(self.sink.fields(record["method"], record["image"]))
-                self.add({**record, **cleared, "status": "error",
-                          "error": f"could not write outputs: {type(exc).__name__}: {exc}"})
+                self._failed(record, f"{type(exc).__name__}: {exc}")
         self._pending = keep
+
+    def _failed(self, record: dict[str, Any], error: str) -> None:
+        cleared = dict.fromkeys(self.sink.fields(record["method"], record["image"]))
+        self.add({**record, **cleared, "status": "error", "error": f"could not write outputs: {error}"})
+
+    def _flushed(self, records: list[dict[str, Any]], error: str | None) -> None:
+        """A packed sink's part is written (``error`` None; the records say where their rows are) or lost:
+        journal its records before the sink renames the part into place."""
+        for record in records:
+            if error is None:
+                self.add(record)
+            else:
+                self._failed(record, error)
+        self._journal()
 
     def add(self, record: dict[str, Any]) -> None:
         key = (record["image"], record["method"])
@@ -274,16 +293,25 @@ class OutputWriter:
         self._fresh.append(key)
 
     def checkpoint(self) -> None:
-        """Append the records finished since the last checkpoint to this run's journal, durably (fsync)."""
+        """Append the records finished since the last checkpoint to this run's journal, durably (fsync). A packed
+        sink with a part's worth of rows buffered writes them first, once every queued write has returned (so the
+        maps of one image, all submitted in one batch, stay together)."""
+        if self.sink.buffered and self.sink.full():
+            self.drain(wait_all=True)
+            self.sink.flush(self._flushed)
+        self._journal()
+
+    def _journal(self) -> None:
         fresh, self._fresh = self._fresh, []
         self.journal.append(self.records.line(k) for k in fresh)
 
     def close(self) -> None:
-        """Wait for every write, journal the last records, then close the sink (a packed sink flushes its part
-        files here)."""
+        """Wait for every write, let a packed sink write its last part, journal the last records, then close the
+        sink."""
         self.drain(wait_all=True)
         self._pool.shutdown(wait=True)
-        self.checkpoint()
+        self.sink.flush(self._flushed, final=True)
+        self._journal()
         self.journal.close()
         self.sink.close()
 
@@ -356,6 +384,23 @@ def read_run_json(out: Path) -> dict[str, Any]:
         raise UsageError(f"{out} holds no run.json: give the output folder of a salcli explain run") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path} is not valid JSON ({exc})") from None
+
+
+REPORT_FILES = "report_files"  # OUT/report_files/METHOD/KEY.png: overlays copied out of a packed sink's parts
+
+
+def export_overlay(sink: sinks.Sink, record: dict[str, Any]) -> str | None:
+    """The overlay a packed sink holds for ``record`` (``overlay_png``), written to OUT/report_files/METHOD/KEY.png
+    for a browser; its path relative to OUT, or None when the sink has none or it cannot be read."""
+    try:
+        png = sink.overlay_png(record)
+        if png is None:
+            return None
+        rel = f"{REPORT_FILES}/{record['method']}/{record['image']}.png"
+        write_bytes(_safe_join(sink.out, rel), png)
+    except (OSError, ValueError, KeyError):  # a part cut short, a record that names no row
+        return None
+    return rel
 
 
 def open_sink(out: Path, run: dict[str, Any] | None = None) -> sinks.Sink:

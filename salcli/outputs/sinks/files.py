@@ -1,4 +1,7 @@
-"""The ``files`` sink: one ``OUT/METHOD/KEY.npy`` (the raw map) and one ``OUT/METHOD/KEY.png`` (its overlay)."""
+"""The ``files`` sink: one ``OUT/METHOD/KEY.npy`` (the raw map) and one ``OUT/METHOD/KEY.png`` (its overlay).
+
+With ``--no-overlays`` only the ``.npy`` is written (an overlay left by an earlier run of the image is removed, so
+none stays beside a newer map); with ``--map-dtype float16`` the ``.npy`` holds float16."""
 
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ class Files(Sink):
             "OUT/original/KEY.jpg (the picture) per image")
 
     def fields(self, method: str, key: str) -> dict[str, str | None]:
-        return {"npy": npy_rel(method, key), "overlay": png_rel(method, key)}
+        return {"npy": npy_rel(method, key), "overlay": png_rel(method, key) if self.overlays else None}
 
     def _paths(self, record: dict[str, Any]) -> tuple[Path, Path] | None:
         """(npy, png) inside OUT for the record's image and method; None for a record that would leave OUT."""
@@ -63,7 +66,10 @@ class Files(Sink):
     def write(self, record: dict[str, Any], saliency: np.ndarray, render: Callable[[], np.ndarray]) -> None:
         npy = outputs._safe_join(self.out, npy_rel(record["method"], record["image"]))
         png = outputs._safe_join(self.out, png_rel(record["method"], record["image"]))
-        outputs.write_npy(npy, saliency)
+        outputs.write_npy(npy, saliency, self.map_dtype)
+        if not self.overlays:
+            png.unlink(missing_ok=True)  # an earlier run's overlay of another map
+            return
         try:
             outputs.write_png(png, render())
         except BaseException:
@@ -77,11 +83,15 @@ class Files(Sink):
 
     def complete(self, record: dict[str, Any]) -> bool:
         paths = self._paths(record)
-        return paths is not None and all(p.is_file() for p in paths)
+        if paths is None:
+            return False
+        wanted = paths if "overlay" not in record or record["overlay"] is not None else paths[:1]  # --no-overlays
+        return all(p.is_file() for p in wanted)
 
     def load_map(self, record: dict[str, Any]) -> np.ndarray:
         npy = outputs._safe_join(self.out, npy_rel(record["method"], record["image"]))
-        return np.load(npy, allow_pickle=False)
+        saliency = np.load(npy, allow_pickle=False)
+        return saliency.astype(np.float32) if saliency.dtype == np.float16 else saliency
 
     def overlay_link(self, record: dict[str, Any]) -> str | None:
         paths = self._paths(record)
