@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT, SAMPLES, Cli, manifest
 from torch import nn
 
-from salcli import metrics
+from salcli import measures, metrics
 
 MASKS = ROOT / "sample_masks" / "fashion-mnist"
 
@@ -166,3 +166,178 @@ def test_evaluate_usage_errors(cli, run_dir, tmp_path):
     assert "run.json" in evaluate(cli, tmp_path, expect=2).stderr
     assert "no maps" in evaluate(cli, run_dir, "-m", "rise", expect=2).stderr
     evaluate(cli, run_dir, "--masks", tmp_path / "nope", expect=2)
+
+
+# ---------------------------------------------------------------------------------------------- edges
+# Each of these pins a behaviour that a one-line change in metrics.py or measures/ would alter (found by
+# scripts/mutation.py: the mutants these tests kill survived every other test).
+def test_measure_edges_empty_masks_small_masses_and_default_k():
+    s = np.zeros((4, 5))
+    with pytest.raises(ValueError, match="^empty mask$"):
+        metrics.pointing_hit(s, np.zeros((4, 5), bool), 0)
+    mask = np.zeros((4, 5), bool)
+    mask[0, :2] = True
+    small = np.zeros((4, 5))
+    small[0, 0], small[3, 4] = 0.3, 0.1  # total positive mass 0.4 < 1
+    assert metrics.energy_inside(small, mask) == pytest.approx(0.75)
+    ramp = np.arange(20, dtype=np.float64)[::-1].reshape(4, 5).copy()  # 19, 18, ... in row-major order
+    assert metrics.top_k_iou(ramp, mask) == metrics.top_k_iou(ramp, mask, 0.2)  # top 4 of 20: IoU 2/4
+    assert metrics.top_k_iou(ramp, mask) == pytest.approx(0.5)
+    assert metrics.top_k_iou(ramp, mask, 0.05) == pytest.approx(0.5)  # top 1 of 20, the mask's 2 pixels
+    # ties: the top k are the first pixels in row-major order (a stable sort); 200 values so NumPy's default
+    # sort (not stable beyond 16 elements) would pick others
+    tied = np.random.default_rng(0).integers(0, 3, (10, 20)).astype(np.float64)
+    first = np.zeros(200, bool)
+    first[np.argsort(-tied.reshape(-1), kind="stable")[:40]] = True
+    assert metrics.top_k_iou(tied, first.reshape(10, 20), 0.2) == 1.0
+
+
+def test_ssim_of_constant_and_narrow_maps():
+    const = np.full((8, 8), 3.0)
+    rng = np.random.default_rng(1)
+    assert np.isfinite(metrics.ssim(const, rng.random((8, 8))))
+    assert metrics.ssim(const, const) == pytest.approx(1.0)
+    tall = rng.random((12, 3))  # narrower than the 7-pixel window: the window shrinks to the map
+    assert metrics.ssim(tall, tall) == pytest.approx(1.0)
+    assert metrics.ssim(tall.T, tall.T) == pytest.approx(1.0)
+
+
+def test_road_curve_without_generators_uses_the_global_generator():
+    x = torch.randn(2, 1, 6, 6)
+    curve = metrics.perturbation_curve(lambda t: t.flatten(1)[:, :3], x, torch.rand(2, 6, 6), torch.tensor([0, 1]),
+                                       "deletion", "road", steps=3)
+    assert curve.shape == (2, 4) and torch.isfinite(curve).all()
+
+
+def test_curves_respect_the_engines_chunk():
+    """The perturbed inputs go through the model ``engine.chunk`` at a time (what bounds memory on a GPU)."""
+    from types import SimpleNamespace
+
+    from salcli.measures.deletion import Deletion
+
+    seen = []
+
+    def forward(t):
+        seen.append(len(t))
+        return t.flatten(1)[:, :2]
+
+    x = torch.randn(2, 1, 4, 4)
+    batch = measures.Batch(keys=["a", "b"], x=x, maps=torch.rand(2, 4, 4), target=torch.tensor([0, 1]), seed=0,
+                           engine=SimpleNamespace(forward=forward, chunk=1), method="m", masks=[None, None],
+                           options=SimpleNamespace(steps=4))
+    Deletion().measure(batch)
+    assert seen and max(seen) == 1 and sum(seen) == 2 * 5
+
+
+def test_localization_skips_images_without_a_mask_and_scores_the_others():
+    from types import SimpleNamespace
+
+    from salcli.measures.localization import Localization
+
+    mask = np.zeros((4, 4), bool)
+    mask[:2, :2] = True
+    maps = torch.zeros(3, 4, 4)
+    maps[:, :2, :2] = 1.0  # the mask itself
+    batch = measures.Batch(keys=["a", "b", "c"], x=None, maps=maps, target=None, seed=0, engine=None, method="m",
+                           masks=[None, np.zeros((4, 4), bool), mask], options=SimpleNamespace(tolerance=0, top_k=0.25))
+    out = Localization().measure(batch)
+    assert out == {"pointing_game": [None, None, 1.0], "energy": [None, None, 1.0], "iou": [None, None, 1.0]}
+
+
+def _counting(monkeypatch):
+    """Count the applications of ROAD's 3x3 neighbour sum (3 before the iterations, then 1 per iteration)."""
+    calls = [0]
+    inner = metrics._neighbours
+
+    def counted(y):
+        calls[0] += 1
+        return inner(y)
+
+    monkeypatch.setattr(metrics, "_neighbours", counted)
+    return calls
+
+
+def test_road_solver_starts_from_the_mean_of_each_images_kept_pixels():
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 6, 6, generator=g, dtype=torch.float64) * torch.tensor([1.0, 10.0]).view(2, 1, 1, 1)
+    removed = torch.zeros(2, 1, 6, 6, dtype=torch.bool)
+    removed[0, 0, :3] = True
+    removed[1, 0, 2:5, 1:4] = True
+    y = metrics.noisy_linear_imputation(x, removed, noise=0.0, max_iterations=0)
+    for i in range(2):
+        kept = ~removed[i, 0]
+        for c in range(3):
+            start = x[i, c][kept].mean()
+            assert torch.allclose(y[i, c][removed[i, 0]], start.expand(int(removed[i].sum())), atol=1e-12)
+            assert torch.equal(y[i, c][kept], x[i, c][kept])
+
+
+def test_road_solver_stops_when_solved_and_its_rule_does_not_depend_on_the_images_scale(monkeypatch):
+    calls = _counting(monkeypatch)
+    x = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    nothing = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    assert torch.equal(metrics.noisy_linear_imputation(x, nothing, noise=0.0), x) and calls[0] == 3
+    blob = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    blob[..., 2:6, 1:7] = True
+    counts = []
+    for scale in (2.0 ** -12, 1.0, 2.0 ** 12):  # powers of two: the same numbers, exactly scaled
+        calls[0] = 0
+        metrics.noisy_linear_imputation(x * scale, blob, noise=0.0)
+        counts.append(calls[0])
+    assert counts[0] == counts[1] == counts[2] and 3 < counts[1] < 3 + 4 * 8
+    calls[0] = 0
+    metrics.noisy_linear_imputation(x, blob, noise=0.0, tolerance=0.0)  # never solved exactly: up to the limit
+    assert calls[0] == 3 + 4 * 8
+    calls[0] = 0
+    metrics.noisy_linear_imputation(x, blob, noise=0.0, max_iterations=3)
+    assert calls[0] == 3 + 3
+    # each image against its own range: a wide-range image beside it does not loosen the other's rule
+    calls[0] = 0
+    metrics.noisy_linear_imputation(x, blob, noise=0.0)
+    alone = calls[0]
+    wide = torch.cat([x, 2000 * torch.rand(1, 1, 8, 8, dtype=torch.float64) - 1000])
+    few = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    few[0] = blob[0]
+    few[1, 0, 0, 0] = True
+    calls[0] = 0
+    metrics.noisy_linear_imputation(wide, few, noise=0.0)
+    assert calls[0] == alone
+
+
+def test_road_noise_only_when_asked():
+    g = torch.Generator().manual_seed(5)
+    state = g.get_state()
+    x = torch.rand(1, 1, 5, 5)
+    removed = torch.zeros(1, 1, 5, 5, dtype=torch.bool)
+    removed[..., 1:3, 1:3] = True
+    metrics.noisy_linear_imputation(x, removed, noise=0.0, generators=[g])
+    assert torch.equal(g.get_state(), state)  # no noise asked for: nothing drawn
+    noisy = metrics.noisy_linear_imputation(x, removed, generators=[g])
+    clean = metrics.noisy_linear_imputation(x, removed, noise=0.0)
+    assert not torch.equal(noisy, clean) and torch.equal(noisy[~removed.expand_as(x)], x[~removed.expand_as(x)])
+
+
+def test_curve_defaults_messages_and_one_dimensional_auc(monkeypatch):
+    seen = []
+
+    def forward(t):
+        seen.append(len(t))
+        return t.flatten(1)[:, :2]
+
+    x = torch.randn(4, 1, 4, 4)
+    curve = metrics.perturbation_curve(forward, x, torch.rand(4, 4, 4), torch.zeros(4, dtype=torch.long),
+                                       "deletion", "zero")
+    assert curve.shape == (4, 33) and seen == [64, 64, 4]  # 32 steps by default, 64 inputs per model call
+    for mode, fill, message in (("insertion", "road", "^the road fill is for deletion$"),
+                                ("deletion", "noise", "^unknown fill 'noise'; use zero, blur or road$"),
+                                ("sideways", "zero", "^mode is deletion or insertion$")):
+        with pytest.raises(ValueError, match=message):
+            metrics.perturbation_curve(forward, x, torch.rand(4, 4, 4), torch.zeros(4, dtype=torch.long), mode, fill)
+    assert float(metrics.auc(torch.tensor([1.0, 0.0]))) == pytest.approx(0.5)  # one curve, not a batch
+    # ROAD's imputation runs ``chunk`` inputs at a time too
+    calls = []
+    inner = metrics.noisy_linear_imputation
+    monkeypatch.setattr(metrics, "noisy_linear_imputation", lambda t, *a, **k: calls.append(len(t)) or inner(t, *a, **k))
+    metrics.perturbation_curve(forward, x[:1], torch.rand(1, 4, 4), torch.zeros(1, dtype=torch.long), "deletion",
+                               "road", steps=2, chunk=1)
+    assert calls == [1, 1, 1]

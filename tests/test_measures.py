@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 from conftest import ROOT
 
@@ -119,3 +120,86 @@ def test_gates_name_the_metric_the_method_the_value_and_the_bar():
     missing = [word(f, {}) for f in gates.check(rows, {"min_pointing_game": 0.5})]
     assert missing == ["--min-pointing-game: pointing_game of gradcam was not measured (bar 0.5)",
                        "--min-pointing-game: pointing_game of vanilla was not measured (bar 0.5)"]
+
+
+# ---------------------------------------------------------------------------------------------- edges
+class Scripted:
+    """An engine whose maps are given: ``attribute`` checks it is asked for the batch's method, target and keys,
+    and returns ``noisy`` for the first call (the input under noise) and ``shifted`` for the second."""
+
+    chunk = 4
+
+    def __init__(self, batch_method, target, keys, noisy, shifted):
+        self.expect = (batch_method, target, keys)
+        self.answers = [noisy, shifted]
+
+    def attribute(self, method, x, target, keys):
+        assert (method, keys) == (self.expect[0], self.expect[2]) and target is self.expect[1]
+        return self.answers.pop(0)
+
+
+def _stability(maps, noisy, shifted, x=None):
+    from salcli.measures.stability import Stability
+
+    keys = [f"k{i}" for i in range(len(maps))]
+    target = torch.zeros(len(maps), dtype=torch.long)
+    x = torch.zeros(len(maps), 1, *maps.shape[-2:]) if x is None else x
+    batch = measures.Batch(keys=keys, x=x, maps=maps, target=target, seed=0, method="vanilla", masks=[None] * len(keys),
+                           engine=Scripted("vanilla", target, keys, noisy, shifted), options=None)
+    return Stability().measure(batch)
+
+
+def test_stability_asks_the_engine_for_the_batchs_method_target_and_keys_and_scales_by_the_maps_norm():
+    g = torch.Generator().manual_seed(0)
+    base = 0.001 * torch.rand(2, 6, 7, generator=g)  # a small map: its norm is far below 1
+    shifted = torch.roll(base, 1, dims=-1)  # the same map, moved with the input: no change on the overlap
+    out = _stability(base, 1.1 * base, shifted)
+    assert out["max_sensitivity"] == pytest.approx([0.1, 0.1], rel=1e-5)  # relative to the map's own norm
+    assert out["stability"] == pytest.approx([1.0, 1.0])
+
+
+def test_stability_noise_lives_on_the_inputs_device():
+    """The noise is moved to x's device (a CUDA input gets CUDA noise): on the meta device any CPU tensor mixed in
+    would fail."""
+    base = torch.rand(1, 5, 5)
+    x = torch.zeros(1, 1, 5, 5, device="meta")
+    out = _stability(base, base.clone(), torch.roll(base, 1, dims=-1), x=x)
+    assert out["stability"] == pytest.approx([1.0])
+
+
+def test_fragile_is_stability_strictly_below_one_half(monkeypatch):
+    from salcli import metrics
+
+    base = torch.rand(1, 5, 5)
+    for rho, fragile in ((0.5, False), (0.4999, True), (0.9, False)):
+        monkeypatch.setattr(metrics, "spearman", lambda a, b, rho=rho: rho)
+        out = _stability(base, base.clone(), base.clone())
+        assert out["stability"] == [rho] and out["fragile"] == [fragile]
+
+
+def test_beating_the_random_map_needs_a_strictly_better_value():
+    higher, lower = measures.METRICS["energy"], measures.METRICS["deletion_auc"]
+    assert higher.better == measures.HIGHER and lower.better == measures.LOWER
+    assert higher.beats(0.6, 0.5) and not higher.beats(0.5, 0.5) and not higher.beats(0.4, 0.5)
+    assert lower.beats(0.4, 0.5) and not lower.beats(0.5, 0.5) and not lower.beats(0.6, 0.5)
+
+
+def test_registry_defaults_unregister_and_the_base_class(spread):
+    assert measures.metrics() == measures.metrics("evaluate")
+    assert [m.name for m in measures.measures()] == [m.name for m in measures.measures("evaluate")]
+    assert "spread" in [m.name for m in measures.metrics()]
+    assert measures.curve_titles() == {"deletion": "Deletion (zero fill)",
+                                       "deletion_road": "Deletion (ROAD noisy linear imputation)",
+                                       "insertion": "Insertion (from a blur)"}
+    assert measures.curve_titles("sanity") == {}
+    measures.unregister(Spread)
+    measures.unregister(Spread)  # a second time: nothing left to remove, no error
+    assert "spread" not in measures.MEASURES and "spread" not in measures.METRICS
+    assert "spread" not in [m.name for m in measures.metrics()]
+    measures.register(Spread)  # the fixture unregisters it again
+
+    class Bare(measures.Measure):
+        pass
+
+    with pytest.raises(NotImplementedError, match="^Bare.measure$"):
+        Bare().measure(None)
