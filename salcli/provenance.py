@@ -30,9 +30,7 @@ def folder_contents(folder: str) -> str | None:
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(root)).encode("utf-8", "surrogateescape") + b"\0")
-        with open(path, "rb") as fh:
-            digest.update(hashlib.file_digest(fh, "sha256").digest() if hasattr(hashlib, "file_digest")
-                          else hashlib.sha256(fh.read()).digest())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())  # reference images: a few small files
     return digest.hexdigest()[:16]
 
 
@@ -50,16 +48,16 @@ def method_settings(resolved) -> dict[str, str]:
               "preprocess": dataclasses.asdict(resolved.preprocess), "target": resolved.target,
               "seed": config.seed, "colormap": config.colormap, "alpha": config.alpha,
               "labels": fingerprint(resolved.labels),
-              "overlay": [getattr(config, k, None) for k in ("overlay_on", "overlay_size", "sign", "scale")]}
+              "overlay": [getattr(config, k) for k in ("overlay_on", "overlay_size", "sign", "scale")]}
     if (resolved.model.weights or {}).get("key"):
         common["weights_key"] = resolved.model.weights["key"]  # which entry of the file the weights came from
     if config.precision != "fp32":
         common["precision"] = config.precision  # fp32 fast paths give the same maps; bf16 does not
     # --no-overlays and --map-dtype float16 change what is stored; named only when set, so that the fingerprints
     # of earlier runs stay as they were
-    if not getattr(config, "overlays", True):
+    if not config.overlays:
         common["overlays"] = False
-    if getattr(config, "map_dtype", "float32") != "float32":
+    if config.map_dtype != "float32":
         common["map_dtype"] = config.map_dtype
     return {m.name: fingerprint({**common, "method": m.name, "params": _params(m.params),
                                  **({"layer": resolved.layer} if m.needs_layer else {})})

@@ -820,3 +820,73 @@ def test_score_is_the_targets_logit_and_prob_the_predicted_class_probability(tmp
             assert r["score"] != pytest.approx(logits[i, pred], abs=1e-3)
             assert r["prob"] != pytest.approx(probs[i, TARGET], abs=1e-4)
     assert 0 < differing < len(paths), "the target should be the prediction for some images and not for others"
+
+
+# ============================================================================================== pinned values
+def _pinned_standin(**config) -> Standin:
+    """A run's settings built from constants only (no paths, no weights file): its fingerprints are pinned."""
+    from salcli.methods import registry
+
+    return Standin(RunConfig(model="builtin", seed=3, **config),
+                   Preprocess(resize=32, crop=28, mean=(0.5,), std=(0.25,), channels=1),
+                   ("a", "b", "c"), SimpleNamespace(checksums={"weights": "0" * 64}, weights=None), 2, "features.3",
+                   (registry.create("vanilla", {}), registry.create("gradcam", {}),
+                    registry.create("smoothgrad", {"samples": 8})))
+
+
+# A fingerprint is compared with the ones in the records of earlier runs: when the value changes for the same
+# settings, every user's existing output folders are recomputed at their next run. So the values are pinned; a
+# change that alters them on purpose (a new setting that changes maps) updates them here and says so in the notes.
+PINNED = {
+    (): {"vanilla": "e9e5bdacee135d1a", "gradcam": "bc910876175f65ff", "smoothgrad": "88902e34cdca50c5"},
+    ("bf16",): {"vanilla": "86d5f761f9ab66ea", "gradcam": "28b10d7e602e38aa", "smoothgrad": "b1a838c0cd28e8a6"},
+    ("weights_key",): {"vanilla": "cdf4ed1e3d3f7368", "gradcam": "77899e495fc59dc4",
+                       "smoothgrad": "9d29c75d98f49c16"},
+    ("no_overlays",): {"vanilla": "3db7c1385297d8d9", "gradcam": "32c22ab99bae72a9",
+                       "smoothgrad": "32af625f17091dbd"},
+    ("float16",): {"vanilla": "449c40ebf191cdee", "gradcam": "b54a2ec8323dac23", "smoothgrad": "d233e2da6943ab9f"},
+}
+
+
+def _pinned_cases(standin):
+    return {
+        (): standin,
+        ("bf16",): standin.with_config(precision="bf16"),
+        ("weights_key",): standin.with_model(weights={"key": "model_ema"}),
+        ("no_overlays",): standin.with_config(overlays=False),
+        ("float16",): standin.with_config(map_dtype="float16"),
+    }
+
+
+def test_fingerprints_are_pinned():
+    cases = {k: provenance.method_settings(v) for k, v in _pinned_cases(_pinned_standin()).items()}
+    for key, expected in PINNED.items():
+        assert cases[key] == expected, key
+    values = [fp for case in cases.values() for fp in case.values()]
+    assert len(set(values)) == len(values)  # every case and method differs from every other
+
+
+def test_reference_folder_fingerprint_is_pinned_and_sees_names_and_bytes(tmp_path):
+    folder = tmp_path / "refs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.png").write_bytes(b"alpha")
+    (folder / "sub" / "b.png").write_bytes(b"beta")
+    first = provenance.folder_contents(str(folder))
+    assert first == PINNED_FOLDER
+    (folder / "a.png").rename(folder / "c.png")  # the same bytes under another name
+    assert provenance.folder_contents(str(folder)) != first
+    os.mkdir(folder / "x")
+    raw = os.fsencode(str(folder / "x")) + b"/\xff.png"  # a name that is not UTF-8
+    with open(raw, "wb") as fh:
+        fh.write(b"gamma")
+    assert len(provenance.folder_contents(str(folder))) == 16
+    assert provenance.folder_contents(str(tmp_path / "none")) is None
+
+
+PINNED_FOLDER = "faf873305a355045"
+
+
+def test_a_record_writes_non_finite_floats_as_null():
+    rec = provenance.record("a.png", "integrated-gradients", "f" * 16, status="ok", completeness_gap=float("nan"),
+                            other=float("inf"), score=1.5, pred=2)
+    assert rec["completeness_gap"] is None and rec["other"] is None and rec["score"] == 1.5 and rec["pred"] == 2
