@@ -116,6 +116,32 @@ DEVICE_OPT = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps
                           show_default=False)
 
 
+# How overlays are drawn: the same options in `explain` and `render` (render's defaults are the run's own).
+def _display_opts(defaults: dict[str, str]) -> tuple:
+    return (
+        typer.Option(None, "--colormap", help="A matplotlib colormap for maps shown by magnitude (signed maps with "
+                     f"--sign all use blue-white-red). [default: {defaults['colormap']}]", show_default=False),
+        typer.Option(None, "--alpha", help="Opacity of the heatmap over the image (for signed maps: of the "
+                     f"strongest values). [default: {defaults['alpha']}]", show_default=False),
+        typer.Option(None, "--overlay-on", help="Draw overlays on the original picture (the map mapped back "
+                     "through crop and resize; the cut-away border greyed) or on the model's input crop: original "
+                     f"or input. [default: {defaults['overlay_on']}]", show_default=False),
+        typer.Option(None, "--overlay-size", help="Most pixels on an overlay's long side. "
+                     f"[default: {defaults['overlay_size']}]", show_default=False),
+        typer.Option(None, "--sign", help="How signed maps (integrated-gradients, input-x-gradient, occlusion, ...) "
+                     "are drawn: all (blue < 0 < red), positive, negative or absolute. Maps that are >= 0 are always "
+                     f"drawn by magnitude. [default: {defaults['sign']}]", show_default=False),
+        typer.Option(None, "--scale", help="Colour scale: image (each map its own), run (one per method over the "
+                     "run's maps, to compare images), or a number (the map value that saturates). "
+                     f"[default: {defaults['scale']}]", show_default=False),
+    )
+
+
+COLORMAP_OPT, ALPHA_OPT, OVERLAY_ON_OPT, OVERLAY_SIZE_OPT, SIGN_OPT, SCALE_OPT = _display_opts(
+    {"colormap": "jet", "alpha": "0.5", "overlay_on": "original", "overlay_size": "512", "sign": "all",
+     "scale": "image"})
+
+
 @app.callback()
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Print the version and exit."),
@@ -181,25 +207,12 @@ def explain(
                                             "rounding). [default: optimize]", show_default=False),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of every random draw. [default: 0]",
                                        show_default=False),
-    colormap: Optional[str] = typer.Option(None, "--colormap", help="A matplotlib colormap for maps shown by "
-                                           "magnitude (signed maps with --sign all use blue-white-red). "
-                                           "[default: jet]", show_default=False),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Opacity of the heatmap over the image (for "
-                                          "signed maps: of the strongest values). [default: 0.5]",
-                                          show_default=False),
-    overlay_on: Optional[str] = typer.Option(None, "--overlay-on", help="Draw overlays on the original picture "
-                                             "(the map mapped back through crop and resize; the cut-away border "
-                                             "greyed) or on the model's input crop: original or input. "
-                                             "[default: original]", show_default=False),
-    overlay_size: Optional[int] = typer.Option(None, "--overlay-size", help="Most pixels on an overlay's long "
-                                               "side. [default: 512]", show_default=False),
-    sign: Optional[str] = typer.Option(None, "--sign", help="How signed maps (integrated-gradients, "
-                                       "input-x-gradient, occlusion, ...) are drawn: all (blue < 0 < red), "
-                                       "positive, negative or absolute. Maps that are >= 0 are always drawn by "
-                                       "magnitude. [default: all]", show_default=False),
-    scale: Optional[str] = typer.Option(None, "--scale", help="Colour scale: image (each map its own), run (one "
-                                        "per method over the run's maps, to compare images), or a number (the "
-                                        "map value that saturates). [default: image]", show_default=False),
+    colormap: Optional[str] = COLORMAP_OPT,
+    alpha: Optional[float] = ALPHA_OPT,
+    overlay_on: Optional[str] = OVERLAY_ON_OPT,
+    overlay_size: Optional[int] = OVERLAY_SIZE_OPT,
+    sign: Optional[str] = SIGN_OPT,
+    scale: Optional[str] = SCALE_OPT,
     output_format: Optional[str] = typer.Option(None, "--format", help="How maps and overlays are stored: files "
                                                 "(a .npy and a .png per image and method), parquet (rows in "
                                                 "OUT/data/*.parquet, needs salcli[parquet]) or webdataset (tar "
@@ -486,6 +499,68 @@ def report(
         raise _fail(exc) from None
     if not quiet:
         _stderr().print(f"wrote {dest}")
+
+
+R_COLORMAP_OPT, R_ALPHA_OPT, R_OVERLAY_ON_OPT, R_OVERLAY_SIZE_OPT, R_SIGN_OPT, R_SCALE_OPT = _display_opts(
+    dict.fromkeys(("colormap", "alpha", "overlay_on", "overlay_size", "sign", "scale"), "the run's"))
+
+
+@app.command(epilog="Examples:\n\n"
+             "`salcli render out` (after `salcli explain imgs -o out --format parquet --no-overlays`)\n\n"
+             "`salcli render out -m gradcam --colormap viridis --scale run -o out-viridis`")
+def render(
+    out: Path = typer.Argument(..., help="The output folder of a finished salcli explain run (any --format)."),
+    dest: Optional[Path] = typer.Option(None, "-o", "--out", help="Write DIR/METHOD/KEY.png (and DIR/render.jsonl) "
+                                        "instead, leaving OUT as it is. [default: into OUT: OUT/METHOD/KEY.png for "
+                                        "files, OUT/overlays/METHOD/KEY.png for parquet and webdataset]",
+                                        show_default=False, metavar="DIR"),
+    method: Optional[List[str]] = typer.Option(None, "-m", "--method", help="Draw only these methods (repeatable or "
+                                               "comma-separated, any case). [default: every method with maps]",
+                                               show_default=False),
+    colormap: Optional[str] = R_COLORMAP_OPT,
+    alpha: Optional[float] = R_ALPHA_OPT,
+    overlay_on: Optional[str] = R_OVERLAY_ON_OPT,
+    overlay_size: Optional[int] = R_OVERLAY_SIZE_OPT,
+    sign: Optional[str] = R_SIGN_OPT,
+    scale: Optional[str] = R_SCALE_OPT,
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
+) -> None:
+    """Draw overlays from the stored maps of a finished run, without the model: for a run made with
+    --no-overlays, or to draw again with other display options. The picture is read again from each record's
+    source. No torch.
+
+    Exit codes: 0 every overlay drawn; 1 some could not be drawn (source gone or changed, map unreadable; listed in
+    render.jsonl); 2 usage error (no run.json, a bad option, a method with no maps); 130 interrupted.
+    """
+    from rich.markup import escape
+
+    from .redraw import RenderOptions, render as run_render
+
+    options = RenderOptions(methods=tuple(method or ()), dest=dest, colormap=colormap, alpha=alpha,
+                            overlay_on=overlay_on, overlay_size=overlay_size, sign=sign, scale=scale)
+    try:
+        summary = run_render(out, options, TerminalReporter(quiet), argv=sys.argv)
+    except SalcliError as exc:
+        raise _fail(exc) from None
+    except KeyboardInterrupt:
+        _stderr().print("salcli: interrupted; the overlays drawn so far are whole and recorded.")
+        raise typer.Exit(130) from None
+    console = _stderr()
+    for err in summary.errors[:5]:
+        console.print(f"[red]failed:[/] {escape(str(err['image']))} ({err['method']}): {escape(str(err['error']))}",
+                      markup=True)
+    if len(summary.errors) > 5:
+        console.print(f"[red]failed:[/] {len(summary.errors) - 5} more; see "
+                      f"{escape(str(Path(summary.dest) if not summary.in_place else out))}/render.jsonl",
+                      markup=True)
+    if as_json:
+        typer.echo(json.dumps(summary.to_json()))
+    elif not quiet:
+        c = summary.counts
+        console.print(escape(f"{c['ok']} overlay{'s' * (c['ok'] != 1)} drawn, {c['error']} failed in "
+                             f"{summary.seconds:.1f} s -> {summary.dest}"), markup=True)
+    raise typer.Exit(summary.exit_code)
 
 
 @app.command(epilog="Examples:\n\n"

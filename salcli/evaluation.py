@@ -214,9 +214,9 @@ def _score_batch(x, good, masks, by_key, chosen, sink, engine, seed, opts, chose
 def _load_inputs(keys: list[str], by_key: dict, pre: Preprocess, rows: list) -> tuple[torch.Tensor, list, list]:
     tensors, sizes, good = [], [], []
     for key in keys:
-        source = next(iter(by_key[key].values())).get("source")
-        try:
-            im = images.decode(Path(source)) if source else None
+        record = next(iter(by_key[key].values()))
+        try:  # a local file, a URL or a tar member, as the run read it (``source``, ``member``)
+            im = images.load(images.from_record(record)) if record.get("source") else None
         except images.ImageError as exc:
             im = None
             rows.append({"image": key, "method": None, "error": f"cannot read the image again: {exc}"})

@@ -2,13 +2,16 @@
 
 Decoding follows Pillow's traps: ``exif_transpose``; palette and alpha images composited onto black; CMYK
 and other modes converted to RGB; 16-bit images scaled (not clipped) to 8 bits; decompression bombs refused.
-Nothing here opens a file that is not a regular file, and no single file stops discovery or a run.
+Nothing here opens a file that is not a regular file, and no single file stops discovery or a run. URLs and the
+members of tar shards (``streams``) are listed, identified and decoded the same way: their bytes go through the
+same decoder, with the same limits.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import re
 import stat
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from . import geometry
+from . import geometry, streams
 from .config import Preprocess
 from .errors import UsageError, setting
 
@@ -35,8 +38,9 @@ _OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTT
 
 @dataclass(frozen=True)
 class ImageItem:
-    path: Path  # where to read it
+    path: Path | str  # where to read it: a local path, or a URL read through fsspec (``streams.is_url``)
     key: str  # relative path with '/' separators: output names and random seeds derive from it
+    member: streams.Member | None = None  # a member of the tar at ``path``: its bytes are read at its offset
 
 
 class ImageError(Exception):
@@ -52,7 +56,7 @@ class Skipped:
     why: str
 
 
-def discover(inputs: list[Path] | tuple[Path, ...], exclude: Path | None = None, *,
+def discover(inputs: list[Path | str] | tuple[Path | str, ...], exclude: Path | None = None, *,
              listed: bool = False, root: Path | None = None, skipped: list[Skipped] | None = None
              ) -> list[ImageItem]:
     """Image files under ``inputs`` (files and folders, recursive), sorted by relative path.
@@ -80,30 +84,58 @@ def discover(inputs: list[Path] | tuple[Path, ...], exclude: Path | None = None,
     ``root``: the folder keys are relative to, instead of the deepest common one, so that the same file gets
     the same key whatever else is on the command line (``find | xargs salcli explain --root DIR`` on two
     nights); every input must be inside it.
+
+    Streamed inputs (``streams``): a URL (a string ``PROTOCOL://...``, from a list) is one item keyed by its
+    protocol, host and path (``streams.url_key``), read later through fsspec; a tar shard (``.tar``, named, listed
+    or a URL) gives one item per image member, keyed ``TAR'S KEY/MEMBER``, whose bytes are read at their offset.
     """
     if not inputs:
         raise UsageError("give at least one image file or folder")
     skipped = [] if skipped is None else skipped
+    urls = [p for p in inputs if streams.is_url(p)]
+    local = [Path(p) for p in inputs if not streams.is_url(p)]
+    if urls:
+        streams.require(urls)  # fsspec and each protocol's package, or a usage error naming what to install
+    found: dict[str, ImageItem] = {}  # the file's identity -> its item, first seen wins
+    if local:
+        _discover_local(local, exclude, listed, root, skipped, found)
+    for url in urls:
+        key = streams.url_key(url)
+        if streams.is_tar(url):
+            for identity, item in streams.tar_items(url, key, url):
+                found.setdefault(identity, item)
+        else:
+            found.setdefault(url, ImageItem(url, printable(key)))
+    items: dict[str, ImageItem] = {}
+    for item in found.values():
+        items.setdefault(item.key, item)
+    return [items[k] for k in sorted(items)]
+
+
+def _discover_local(inputs: list[Path], exclude: Path | None, listed: bool, root: Path | None,
+                    skipped: list[Skipped], found: dict[str, ImageItem]) -> None:
+    """``discover`` for local paths: adds each image's item to ``found`` under the file's identity."""
     kinds = [_stat(p) for p in inputs]
     if not listed:
         _check_named(inputs, kinds)
     # the folder each input's keys start from: itself for a folder, the folder it is named in for a file
     starts = [p if _is_dir(st) else p.parent for p, st in zip(inputs, kinds)]
     prefixes = _prefixes(inputs, starts, root)
-    found: dict[str, ImageItem] = {}  # the file's identity -> its item, first seen wins
     seen_dirs: set[str] = {os.path.realpath(exclude)} if exclude is not None else set()
     for p, st, start, prefix in zip(inputs, kinds, starts, prefixes):
         if _is_dir(st):
             for path in _walk(p, seen_dirs, skipped):
                 key = (prefix / path.relative_to(start)).as_posix()
                 found.setdefault(_identity(path), ImageItem(path, printable(key)))
-        else:  # a file named on the command line or listed; decode says what is wrong with it, if anything
-            identity = _identity(p) if not listed else os.path.abspath(p)
-            found.setdefault(identity, ImageItem(p, printable((prefix / p.name).as_posix())))
-    items: dict[str, ImageItem] = {}
-    for item in found.values():
-        items.setdefault(item.key, item)
-    return [items[k] for k in sorted(items)]
+            continue
+        # a file named on the command line or listed; decode says what is wrong with it, if anything
+        identity = _identity(p) if not listed else os.path.abspath(p)
+        key = (prefix / p.name).as_posix()
+        if streams.is_tar(p):  # a tar shard: its image members
+            for member_identity, item in streams.tar_items(p, key, identity):
+                found.setdefault(member_identity, item)
+        else:
+            found.setdefault(identity, ImageItem(p, printable(key)))
 
 
 def _check_named(inputs, kinds) -> None:
@@ -113,10 +145,14 @@ def _check_named(inputs, kinds) -> None:
         if _is_dir(st):
             continue
         if isinstance(st, OSError) and not os.path.lexists(p):
+            if streams.LOOKS_LIKE_URL.match(str(p)):
+                raise UsageError(f"input not found: {p}; URLs are read from a list: give them with "
+                                 f"{setting('files_from')} LIST (one per line; - reads standard input)")
             raise UsageError(f"input not found: {p}")
-        if p.suffix.lower() not in EXTENSIONS:
+        if p.suffix.lower() not in EXTENSIONS and not streams.is_tar(p):
             why = f"{_unreachable(p, st)}; " if isinstance(st, OSError) else ""
-            raise UsageError(f"{p} is not an image file ({why}extensions: {', '.join(sorted(EXTENSIONS))})")
+            raise UsageError(f"{p} is not an image file ({why}extensions: {', '.join(sorted(EXTENSIONS))}; "
+                             "or a .tar of images)")
 
 
 def _prefixes(inputs, starts: list[Path], root: Path | None) -> list[Path]:
@@ -140,11 +176,12 @@ def describe_skipped(skipped: list[Skipped], shown: int = 5) -> str:
             f"(FIFOs, sockets and devices named like images, folders that cannot be listed): {listed}{more}")
 
 
-def read_file_list(source: Path | str) -> list[Path]:
+def read_file_list(source: Path | str) -> list[Path | str]:
     """The paths listed in ``source`` (``-``: standard input), one per line; blank lines and lines starting
     with ``#`` are ignored, surrounding spaces removed. Relative paths are relative to the current folder, as
-    on the command line. Bytes that are not UTF-8 are kept as in a file name (``os.fsdecode``), so a list
-    written by ``find`` names such files too. A list that holds a NUL byte is one of ``find -print0``: its
+    on the command line. A line that is a URL (``s3://...``, ``https://...``: ``streams.is_url``) is kept as a
+    string, read later through fsspec. Bytes that are not UTF-8 are kept as in a file name (``os.fsdecode``), so
+    a list written by ``find`` names such files too. A list that holds a NUL byte is one of ``find -print0``: its
     names are separated by NUL and taken exactly as written (no stripping, no comments; a name may hold a
     newline). Pass the result to ``discover(paths, exclude, listed=True)``.
 
@@ -162,10 +199,10 @@ def read_file_list(source: Path | str) -> list[Path]:
         except OSError as exc:
             raise UsageError(f"cannot read the list {setting('files_from')} {source}: {exc.strerror or exc}") from None
     if "\0" in text:  # no file name holds a NUL: the separator of find -print0
-        paths = [Path(name) for name in text.split("\0") if name]
+        names = [name for name in text.split("\0") if name]
     else:
-        paths = [Path(line.strip()) for line in text.splitlines()
-                 if line.strip() and not line.lstrip().startswith("#")]
+        names = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    paths: list[Path | str] = [name if streams.is_url(name) else Path(name) for name in names]
     if not paths:
         raise UsageError(f"the list {setting('files_from')} {source} names no files")
     return paths
@@ -252,8 +289,55 @@ def _escape_control(match: re.Match) -> str:
 
 
 def source(item: ImageItem) -> str:
-    """The absolute path of the image's file, printable (the manifest's ``source``)."""
+    """The absolute path of the image's file (of its tar, for a member), or its URL without a password, printable
+    (the manifest's ``source``)."""
+    if streams.is_url(item.path):
+        return printable(streams.redact(item.path))
     return printable(os.path.realpath(item.path))
+
+
+def origin(item: ImageItem) -> dict[str, str]:
+    """Where a record's image was read: ``source`` (``source()``), and for a tar member its name (``member``)."""
+    found = {"source": source(item)}
+    if item.member is not None and item.member.name:
+        found["member"] = printable(item.member.name)
+    return found
+
+
+def from_record(record: dict) -> ImageItem:
+    """The item a manifest record's image was read from (``source``, and ``member`` for a tar member), to read it
+    again (``salcli render``, ``evaluate``). Raises ImageError when the record names no source."""
+    where = record.get("source")
+    if not isinstance(where, str) or not where:
+        raise ImageError("the record names no source image")
+    location: Path | str = where if streams.is_url(where) else Path(where)
+    if isinstance(record.get("member"), str):
+        return streams.find_member(location, record["member"], str(record.get("image")))
+    return ImageItem(location, str(record.get("image")))
+
+
+def content(item: ImageItem) -> dict:
+    """What resume compares besides the settings: a local file's size and modification time (a file replaced
+    under the same name is redone); a URL's size and ETag or modification time; a tar member's size and header
+    time and its tar's identity (``streams``). A file that cannot be read gets nothing to compare
+    (``size`` -1), so it is never skipped."""
+    if item.member is not None:
+        return item.member.identity()
+    if streams.is_url(item.path):
+        return streams.url_identity(item.path)
+    try:
+        st = Path(item.path).stat()
+    except (OSError, ValueError):
+        return dict(streams.UNKNOWN)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def contents(items: list[ImageItem]) -> dict[str, dict]:
+    """``content`` of every item by key; the URLs' metadata requests are made concurrently."""
+    urls = [item.path for item in items if item.member is None and streams.is_url(item.path)]
+    remote = streams.url_identities(urls) if urls else {}
+    return {item.key: remote[item.path] if item.member is None and item.path in remote else content(item)
+            for item in items}
 
 
 def _kind(mode: int) -> str:
@@ -312,34 +396,51 @@ def decode(path: Path) -> Image.Image:
         raise ImageError(printable(str(exc))) from None
 
 
+def load(item: ImageItem) -> Image.Image:
+    """``decode`` for any item: a local file, or the bytes of a URL or tar member (``streams.read``, capped at
+    ``streams.MAX_BYTES``) decoded with the same limits and checks; raises ``ImageError`` only."""
+    if item.member is None and not streams.is_url(item.path):
+        return decode(Path(item.path))
+    try:
+        data = streams.read(item)
+        return _decode_stream(io.BytesIO(data), len(data))
+    except ImageError as exc:
+        raise ImageError(printable(str(exc))) from None
+
+
 def _decode(path: Path) -> Image.Image:
     fh, size = _open_regular(path)
     with fh:
-        try:
-            with warnings.catch_warnings():
-                # Pillow's notes on a damaged file ("Corrupt EXIF data", "Truncated File Read"): the record says
-                # whether it decoded, and a folder of such files would flood the terminal
-                warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(fh, formats=FORMATS) as im:
-                    _check_size(im)
-                    im.load()
-                    _check_size(im)  # a frame may change the size as it loads
-                    ImageOps.exif_transpose(im, in_place=True)  # no copy when there is nothing to turn
-                    return _to_standard_mode(im)  # a new picture in any case: the file closes after this
-        except ImageError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageError(f"refused as a decompression bomb: {exc}") from None
-        except Image.UnidentifiedImageError:
-            what = ("an empty file" if size == 0 else
-                    f"not an image salcli reads ({', '.join(FORMATS)}), or its header is damaged")
-            raise ImageError(f"cannot decode: {what}") from None
-        except MemoryError:
-            raise ImageError("cannot decode: out of memory") from None
-        except Exception as exc:  # noqa: BLE001 - Pillow's parsers raise many types on corrupt data
-            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
-            raise ImageError(f"cannot decode ({detail}); the file may be truncated or corrupt") from None
+        return _decode_stream(fh, size)
+
+
+def _decode_stream(fh, size: int) -> Image.Image:
+    """Decode an open binary file of ``size`` bytes (see ``decode``)."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow's notes on a damaged file ("Corrupt EXIF data", "Truncated File Read"): the record says
+            # whether it decoded, and a folder of such files would flood the terminal
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fh, formats=FORMATS) as im:
+                _check_size(im)
+                im.load()
+                _check_size(im)  # a frame may change the size as it loads
+                ImageOps.exif_transpose(im, in_place=True)  # no copy when there is nothing to turn
+                return _to_standard_mode(im)  # a new picture in any case: the file closes after this
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"refused as a decompression bomb: {exc}") from None
+    except Image.UnidentifiedImageError:
+        what = ("an empty file" if size == 0 else
+                f"not an image salcli reads ({', '.join(FORMATS)}), or its header is damaged")
+        raise ImageError(f"cannot decode: {what}") from None
+    except MemoryError:
+        raise ImageError("cannot decode: out of memory") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's parsers raise many types on corrupt data
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+        raise ImageError(f"cannot decode ({detail}); the file may be truncated or corrupt") from None
 
 
 def _open_regular(path: Path):
@@ -473,7 +574,7 @@ class ImageDataset:
         item = self.items[index]
         extra = {}
         try:
-            im = decode(item.path)
+            im = load(item)
             pixels = prepare(im, self.pre)
             if self.display is not None:
                 extra = {"picture": picture(im, self.display), "size": im.size}

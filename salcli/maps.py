@@ -1,10 +1,17 @@
-"""Pure array work on saliency maps: channel reduction, display normalization, resizing. No I/O."""
+"""Pure array work on saliency maps: channel reduction, display normalization, resizing. No I/O.
+
+torch is imported by the functions that take tensors only: the display half (NumPy) serves ``salcli render``,
+which draws overlays from stored maps without loading torch.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 
 def max_abs_channels(grad: torch.Tensor) -> torch.Tensor:
@@ -19,6 +26,8 @@ def sum_channels(values: torch.Tensor) -> torch.Tensor:
 
 def resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(B, h, w) -> (B, H, W), bilinear (align_corners=False)."""
+    import torch.nn.functional as F
+
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)

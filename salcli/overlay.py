@@ -184,4 +184,7 @@ def describe(resolved) -> dict[str, Any]:
             "colormap": display.colormap, "diverging_colormap": render.DIVERGING, "alpha": display.alpha,
             "modes": {m.name: (mode_of(m, display) if signed(m) is not None else "by map")
                       for m in resolved.methods},
+            # whether each method's maps carry a sign (None: each map decides), so that `salcli render` can draw
+            # them with another --sign without loading the method registry (and torch)
+            "signed": {m.name: signed(m) for m in resolved.methods},
             "robust_percentile": 99.0}

@@ -81,7 +81,7 @@ class Job:
     items: list[images.ImageItem]
     settings: dict[str, str]  # method -> fingerprint of everything its outputs depend on
     workers: int
-    content: dict[str, dict[str, int]] = field(default_factory=dict)  # key -> the file's size and mtime_ns
+    content: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> size, mtime_ns (images.content)
     changes: dict[str, int] = field(default_factory=dict)  # new / redone / unchanged / gone / pruned images
 
 
@@ -214,8 +214,9 @@ def _pending_images(job: Job, writer: outputs.OutputWriter) -> list[int]:
     overwrite = job.resolved.config.overwrite
     changes = job.changes
     changes.update(new=0, redone=0, unchanged=0)
+    found = images.contents(job.items)  # size and mtime; a URL's size and ETag, fetched concurrently
     for index, item in enumerate(job.items):
-        job.content[item.key] = content = _content(item)
+        job.content[item.key] = content = found[item.key]
         pending = False
         seen = False
         for m in job.resolved.methods:
@@ -229,16 +230,6 @@ def _pending_images(job: Job, writer: outputs.OutputWriter) -> list[int]:
             todo.append(index)
         changes["redone" if pending and seen else "new" if pending else "unchanged"] += 1
     return todo
-
-
-def _content(item: images.ImageItem) -> dict[str, int]:
-    """What resume compares besides the settings: the file's size and modification time (a file replaced under
-    the same name is redone). An unreadable file gets nothing to compare, so it is never skipped."""
-    try:
-        st = item.path.stat()
-    except OSError:
-        return {"size": -1, "mtime_ns": -1}
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _explain(job: Job, todo: list[int], writer: outputs.OutputWriter, reporter: Reporter) -> None:
@@ -297,7 +288,7 @@ def _explain_batch(job: Job, batch: dict, writer: outputs.OutputWriter) -> None:
                                              **job.content[keys[i]]))
         return
     facts = result.facts(resolved.labels)
-    sources = {g["key"]: images.source(job.items[g["index"]]) for g in good}
+    origins = {g["key"]: images.origin(job.items[g["index"]]) for g in good}  # source (and a tar's member)
     for g in good:  # the picture the report shows beside the overlays, once per image (none with --no-overlays)
         if g.get("picture") is not None and resolved.config.overlays:
             writer.submit_picture(g["key"], g["picture"])
@@ -315,7 +306,7 @@ def _explain_batch(job: Job, batch: dict, writer: outputs.OutputWriter) -> None:
         extras = result.extras.get(m.name, {})
         for row, i in enumerate(done):
             rec = provenance.record(keys[i], m.name, job.settings[m.name], status="ok", error=None, **facts[i],
-                                    source=sources[keys[i]], **job.content[keys[i]],
+                                    **origins[keys[i]], **job.content[keys[i]],
                                     **{n: values[row] for n, values in extras.items()},
                                     **overlay.record_fields(display, m, good[i], saliency[row]))
             writer.submit(rec, saliency[row], _renderer(job, display, m, good[i], saliency[row], facts[i]))

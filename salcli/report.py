@@ -8,7 +8,8 @@ sink (``outputs.open_sink``: run.json's ``format``), never by reading manifest p
 relative, URL-quoted paths, so the report keeps working when OUT is copied elsewhere. A packed run (``--format
 parquet|webdataset``) keeps its overlays inside its part files, where no browser can show them: the report copies
 each one out to OUT/report_files/METHOD/KEY.png (``outputs.export_overlay``, the one write here) and links that;
-a run with ``--no-overlays`` shows "no overlay". Work is linear in the manifest: one dict lookup and one
+a run with ``--no-overlays`` shows "no overlay" (unless ``salcli render`` drew its overlays since: the sink links
+those first). Work is linear in the manifest: one dict lookup and one
 ``overlay_link`` (a ``stat`` for ``files``) per (image, method); images load lazily in the browser.
 """
 
@@ -27,7 +28,7 @@ from . import outputs
 # Manifest fields every record has; anything else a method adds (e.g. IG's completeness_gap) is shown in its cell.
 BASE_FIELDS = {"image", "method", "status", "error", "npy", "overlay", "pred", "pred_label", "prob", "target",
                "target_label", "score", "settings", "schema_version", "source", "size", "mtime_ns", "width",
-               "height", "display_range", "overlay_scale"}
+               "height", "display_range", "overlay_scale", "member", "etag", "container", "rendered"}
 THUMB = 240  # px: the gallery's image width (overlay captions and legends are sized to be read at this width)
 RANDOM = "random"  # evaluate's random-map baseline, a method in metrics.jsonl only
 

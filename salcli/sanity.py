@@ -233,7 +233,7 @@ def run(config: RunConfig, opts: SanityOptions, reporter=None) -> SanityResult:
     tensors, keys = [], []
     for item in items:
         try:
-            tensors.append(torch.from_numpy(images.normalize(images.prepare(images.decode(item.path), pre), pre)))
+            tensors.append(torch.from_numpy(images.normalize(images.prepare(images.load(item), pre), pre)))
             keys.append(item.key)
         except images.ImageError as exc:
             if reporter is not None:

@@ -410,6 +410,52 @@ def open_sink(out: Path, run: dict[str, Any] | None = None) -> sinks.Sink:
     return sinks.get(run.get("format") or "files")(out)
 
 
+def update_records(out: Path, updates: dict[tuple[str, str], dict[str, Any]]) -> int:
+    """Replace the manifest records of ``updates`` ((image, method) -> the new record) where the run keeps them
+    (``salcli render`` in place), under OUT's lock. A key's last line over the merged manifest and the journals
+    wins (``journal.sources``): a journal that holds a key's last line gets the new line appended (the journals
+    stay append-only, and a key stays in the one journal that held it, so ``verify`` sees no duplicate), and the
+    merged manifest is rewritten (streamed, whole or not at all) with the new lines of the keys it holds, so that
+    it says the same before the next ``merge``. Returns the number of records replaced; a key with no record is
+    left out."""
+    from . import journal
+
+    if not updates:
+        return 0
+    manifest = out / MANIFEST
+    with locked(out):
+        where: dict[tuple[str, str], Path] = {}
+        listed: set[tuple[str, str]] = set()  # keys with a line in the merged manifest
+        for path in journal.sources(out, manifest):
+            for key, _ in journal.read_lines(path):
+                if key in updates:
+                    where[key] = path
+                    if path == manifest:
+                        listed.add(key)
+        if listed:
+            with atomic_path(manifest) as tmp, open(tmp, "w", encoding="utf-8") as dst, \
+                    open(manifest, encoding="utf-8") as src:
+                for line in src:
+                    key = None
+                    with contextlib.suppress(ValueError, AttributeError):
+                        rec = json.loads(line)
+                        key = (str(rec.get("image")), str(rec.get("method")))
+                    dst.write(_dumps(updates[key]) + "\n" if key in listed else line)
+        for path in sorted({p for p in where.values() if p != manifest}):
+            part = journal.Journal(path)
+            try:
+                part.append(_dumps(updates[key]) for key, p in where.items() if p == path)
+            finally:
+                part.close()
+    return len(where)
+
+
+def write_overlay(root: Path, rel: str, image: np.ndarray) -> None:
+    """An overlay drawn again (``salcli render``): ``root / rel`` (the files layout, METHOD/KEY.png), whole or not
+    at all; ``rel`` never leaves ``root``."""
+    write_png(_safe_join(root, rel), image)
+
+
 def write_jsonl(final: Path, rows: list[dict[str, Any]]) -> None:
     write_bytes(final, "".join(_dumps(r) + "\n" for r in rows).encode("utf-8"))
 

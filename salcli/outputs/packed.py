@@ -39,10 +39,11 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from . import _FILE_MODE, journal, png_bytes
+from . import _FILE_MODE, _safe_join, journal, png_bytes
 from .sinks import Sink
 
 MiB = 1 << 20
+RENDERED = "overlays"  # OUT/overlays/METHOD/KEY.png: the overlays `salcli render` draws for a packed run
 _LOCATION = re.compile(r"([a-z]+)/(part-[0-9a-z-]+\.[a-z]+)#(.+)", re.S)
 
 
@@ -228,6 +229,17 @@ class Packed(Sink):
         if where is None:
             raise ValueError(f"{record.get('npy')!r} names no row of a {self.name} part in {self.folder}/")
         return self._read_map(*where).astype(np.float32)  # float32 as stored, or float16 upcast
+
+    def overlay_link(self, record: dict[str, Any]) -> str | None:
+        """The overlay ``salcli render`` drew into OUT for this record (its ``rendered``: ``overlays/METHOD/KEY.png``),
+        when the file is there; the overlay in the part (if any) cannot be linked."""
+        rendered, method, image = record.get("rendered"), record.get("method"), record.get("image")
+        if not isinstance(method, str) or not isinstance(image, str) or rendered != f"{RENDERED}/{method}/{image}.png":
+            return None
+        try:
+            return rendered if _safe_join(self.out, rendered).is_file() else None
+        except ValueError:
+            return None
 
     def overlay_png(self, record: dict[str, Any]) -> bytes | None:
         where = self._where(record.get("overlay"))
