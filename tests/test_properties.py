@@ -890,3 +890,13 @@ def test_a_record_writes_non_finite_floats_as_null():
     rec = provenance.record("a.png", "integrated-gradients", "f" * 16, status="ok", completeness_gap=float("nan"),
                             other=float("inf"), score=1.5, pred=2)
     assert rec["completeness_gap"] is None and rec["other"] is None and rec["score"] == 1.5 and rec["pred"] == 2
+
+
+def test_fingerprint_reads_paths_as_text_and_params_name_the_reference_contents(tmp_path):
+    from salcli.methods import registry
+
+    assert provenance.fingerprint({"weights": Path("/w/model.pt")}) == provenance.fingerprint({"weights": "/w/model.pt"})
+    (tmp_path / "a.png").write_bytes(b"alpha")
+    values = provenance._params(registry.create("gradient-shap", {"references": str(tmp_path)}).params)
+    assert values["references"] == str(tmp_path)
+    assert values["references_contents"] == provenance.folder_contents(str(tmp_path)) is not None
