@@ -408,6 +408,44 @@ def load(item: ImageItem) -> Image.Image:
         raise ImageError(printable(str(exc))) from None
 
 
+def decode_bytes(data: bytes | bytearray | memoryview) -> Image.Image:
+    """``decode`` for a file's bytes held in memory (a Ray Data ``bytes`` or Spark ``content`` column): the same
+    formats, limits and checks; raises ``ImageError`` only."""
+    data = bytes(data)  # a bytearray or memoryview may change under us; bytes do not
+    if len(data) > streams.MAX_BYTES:
+        raise ImageError(f"refused: {len(data):,} bytes is over the limit of {streams.MAX_BYTES:,}")
+    try:
+        return _decode_stream(io.BytesIO(data), len(data))
+    except ImageError as exc:
+        raise ImageError(printable(str(exc))) from None
+
+
+def from_array(pixels) -> Image.Image:
+    """A picture given as decoded pixels (what Ray Data's ``read_images`` hands over): uint8 (H, W), (H, W, 1),
+    (H, W, 3) or (H, W, 4), bool (H, W), or uint16 (H, W), normalized as ``decode`` normalizes a file's picture
+    (alpha composited onto black, 16 bits scaled to 8), with the same pixel limit; raises ``ImageError`` only.
+    The array is read, never written."""
+    arr = np.asarray(pixels)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    what = f"pixels of type {arr.dtype} and shape {tuple(arr.shape)}"
+    if arr.dtype == np.bool_ and arr.ndim == 2:
+        arr = arr.astype(np.uint8) * 255  # mode "1" as Pillow converts it: white is 255
+    if arr.dtype == np.uint8 and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        mode = "L" if arr.ndim == 2 else ("RGB", "RGBA")[arr.shape[2] - 3]
+    elif arr.dtype == np.uint16 and arr.ndim == 2:
+        mode = "I;16"
+    else:
+        raise ImageError(f"{what}: give uint8 pixels (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), or the file's "
+                         "encoded bytes")
+    if arr.shape[0] < 1 or arr.shape[1] < 1 or arr.shape[0] * arr.shape[1] > MAX_PIXELS:
+        raise ImageError(f"{what}: refused, an image needs between 1 and {MAX_PIXELS:,} pixels")
+    if mode == "I;16":
+        arr = arr.astype("<u2")  # the byte order Pillow's I;16 holds
+    im = Image.frombuffer(mode, (arr.shape[1], arr.shape[0]), np.ascontiguousarray(arr).tobytes(), "raw", mode, 0, 1)
+    return _to_standard_mode(im)
+
+
 def _decode(path: Path) -> Image.Image:
     fh, size = _open_regular(path)
     with fh:

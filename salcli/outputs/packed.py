@@ -47,6 +47,12 @@ RENDERED = "overlays"  # OUT/overlays/METHOD/KEY.png: the overlays `salcli rende
 _LOCATION = re.compile(r"([a-z]+)/(part-[0-9a-z-]+\.[a-z]+)#(.+)", re.S)
 
 
+def stored(saliency, dtype) -> np.ndarray:
+    """A map as the packed formats store it: a C-ordered little-endian copy (never a view) in ``dtype``
+    (float32 or float16); ``.tobytes()`` is the parquet ``map`` column, ``.dtype.name`` its ``map_dtype``."""
+    return np.array(saliency, dtype=np.dtype(dtype).newbyteorder("<"), order="C", copy=True)
+
+
 @dataclass
 class Row:
     record: dict[str, Any]
@@ -107,7 +113,7 @@ class Packed(Sink):
         return {"npy": None, "overlay": None}  # known when the row is placed in a part (``flush``)
 
     def write(self, record: dict[str, Any], saliency: np.ndarray, render: Callable[[], np.ndarray]) -> None:
-        data = np.array(saliency, dtype=self.map_dtype.newbyteorder("<"), order="C", copy=True)  # not a view
+        data = stored(saliency, self.map_dtype)
         row = Row(record, data, png_bytes(render()) if self.overlays else None)
         with self._lock:
             self._rows.append(row)
