@@ -343,3 +343,32 @@ def test_curve_defaults_messages_and_one_dimensional_auc(monkeypatch):
     metrics.perturbation_curve(forward, x[:1], torch.rand(1, 4, 4), torch.zeros(1, dtype=torch.long), "deletion",
                                "road", steps=2, chunk=1)
     assert calls == [1, 1, 1]
+
+
+def test_boxes_from_coco_json_and_csv(tmp_path):
+    """COCO JSON (bbox = x, y, w, h; images by id) and CSV (x0, y0, x1, y1) give the same boxes; a missing file or
+    a CSV without the columns is a usage error naming --boxes. (The COCO path was untested: found by
+    scripts/mutation.py evaluation.)"""
+    from salcli.errors import UsageError
+    from salcli.evaluation import _read_boxes
+
+    coco = tmp_path / "boxes.JSON"  # the suffix in any case
+    coco.write_text(json.dumps({"images": [{"id": 7, "file_name": "a/x.png"}, {"id": 8, "file_name": "b.png"}],
+                                "annotations": [{"image_id": 7, "bbox": [1, 2, 10, 20]},
+                                                {"image_id": 7, "bbox": [0, 0, 3, 3]},
+                                                {"image_id": 8, "bbox": [5, 5, 1, 1]}]}))
+    expected = {"a/x.png": ("boxes", [(1, 2, 11, 22), (0, 0, 3, 3)]), "b.png": ("boxes", [(5, 5, 6, 6)])}
+    assert _read_boxes(coco) == expected
+    csv = tmp_path / "boxes.csv"
+    csv.write_text("image,x0,y0,x1,y1\na/x.png,1,2,11,22\na/x.png,0,0,3,3\nb.png,5,5,6,6\n")
+    assert _read_boxes(csv) == {k: ("boxes", [tuple(map(float, b)) for b in v[1]]) for k, v in expected.items()}
+    (tmp_path / "empty.json").write_text("{}")
+    assert _read_boxes(tmp_path / "empty.json") == {}
+    with pytest.raises(UsageError) as missing:
+        _read_boxes(tmp_path / "nope.csv")
+    assert missing.value.render({}).startswith("--boxes ") and "no such file" in str(missing.value)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,a,b\nx.png,1,2\n")
+    with pytest.raises(UsageError) as columns:
+        _read_boxes(bad)
+    assert columns.value.render({}).startswith("--boxes ") and "expected columns image,x0,y0,x1,y1" in str(columns.value)
