@@ -593,11 +593,12 @@ def picture(im: Image.Image, cap: int) -> np.ndarray:
 
 
 class ImageDataset:
-    """Items are dicts: ``index``, ``key``, and either ``pixels`` or ``error``.
+    """Items are dicts: ``index``, ``key``, and either ``pixels`` (with ``size``, the original's (width, height))
+    or ``error``.
 
     With ``display`` (a size cap, ``--overlay-size``), a good item also holds ``picture``, the original scaled to
-    fit the cap (``picture()``), and ``size``, the original's (width, height): what an overlay on the original
-    needs. The model's input (``pixels``) is the same either way.
+    fit the cap (``picture()``): what an overlay on the original needs (None: no overlays, no picture). The
+    model's input (``pixels``) is the same either way.
 
     A file that cannot be decoded becomes an error record; it never raises, so a DataLoader worker survives.
     """
@@ -614,8 +615,9 @@ class ImageDataset:
         try:
             im = load(item)
             pixels = prepare(im, self.pre)
+            extra = {"size": im.size}  # the manifest's width and height, with or without overlays
             if self.display is not None:
-                extra = {"picture": picture(im, self.display), "size": im.size}
+                extra["picture"] = picture(im, self.display)
         except ImageError as exc:
             return {"index": index, "key": item.key, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - any other failure is still this one file's failure

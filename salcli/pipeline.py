@@ -236,7 +236,9 @@ def _explain(job: Job, todo: list[int], writer: outputs.OutputWriter, reporter: 
     if not todo:
         return
     resolved = job.resolved
-    dataset = images.ImageDataset(job.items, resolved.preprocess, display=resolved.config.overlay_size)
+    # the overlay's picture only when overlays are drawn (on a 3000x2000 JPEG it costs 70% of the decoding)
+    dataset = images.ImageDataset(job.items, resolved.preprocess,
+                                  display=resolved.config.overlay_size if resolved.config.overlays else None)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(dataset, todo), batch_size=resolved.batch_size, shuffle=False,
         num_workers=job.workers, collate_fn=images.collate, persistent_workers=False,

@@ -442,3 +442,20 @@ def test_a_location_read_back_never_leaves_the_parts_folder(fmt, tmp_path):
         with pytest.raises((ValueError, OSError)):
             sink.load_map(rec)
     assert os.listdir(tmp_path) == ["x.parquet"]
+
+
+def test_no_overlays_builds_no_picture_but_keeps_the_size(tmp_path):
+    """Without overlays the workers do not scale a display copy of each picture (70% of the decoding of a
+    3000x2000 JPEG), and the records still hold the original's width and height."""
+    from PIL import Image
+
+    from salcli import images
+    from salcli.config import Preprocess
+
+    Image.new("RGB", (300, 200), (10, 20, 30)).save(tmp_path / "a.png")
+    item = images.discover([tmp_path])[0]
+    pre = Preprocess(resize=32, crop=28)
+    bare = images.ImageDataset([item], pre, display=None)[0]
+    assert "picture" not in bare and bare["size"] == (300, 200)
+    shown = images.ImageDataset([item], pre, display=64)[0]
+    assert shown["picture"].shape[:2] == (43, 64) and shown["size"] == (300, 200)

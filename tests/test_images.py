@@ -418,7 +418,7 @@ def test_dataset_gives_the_original_capped_for_display_and_its_size(tmp_path):
     items = [ImageItem(big, "big.png"), ImageItem(gray, "gray.png")]
     plain = ImageDataset(items, pre)
     shown = ImageDataset(items, pre, display=100)
-    assert "picture" not in plain[0] and "size" not in plain[0]  # only asked for
+    assert "picture" not in plain[0] and plain[0]["size"] == (300, 200)  # the picture only when asked for
     rec = shown[0]
     assert rec["size"] == (300, 200)
     assert rec["picture"].shape == (67, 100, 3) and rec["picture"].dtype == np.uint8  # long side capped at 100
