@@ -51,3 +51,11 @@ def test_display_scale_counts_non_finite_values_as_zero_and_takes_the_percentile
     ramp = np.arange(11, dtype=np.float64).reshape(1, 11)
     np.testing.assert_allclose(maps.display_scale(ramp, percentile=50), np.clip(ramp / 5, 0, 1))
     np.testing.assert_allclose(maps.display_scale(ramp), np.clip(ramp / np.percentile(ramp, 99), 0, 1), rtol=1e-6)
+
+
+def test_absolute_mode_spans_the_range_from_its_minimum():
+    """|m| from lo to hi maps to 0..1: a map with an offset (RISE) keeps its contrast."""
+    m = np.array([[2.0, 3.0, 4.0]])
+    lo, hi = maps.display_range(m, "absolute", 100.0)
+    assert (lo, hi) == (2.0, 4.0)
+    np.testing.assert_allclose(maps.display_values(m, "absolute", lo, hi), [[0.0, 0.5, 1.0]])
