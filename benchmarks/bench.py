@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -25,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 import numpy as np
 import torch
@@ -558,12 +559,7 @@ def header(device: str) -> str:
         gc = version("grad-cam")
     except Exception:  # noqa: BLE001
         gc = "?"
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     return (f"- Machine: {cpu}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}, "
             f"device {device}\n- Versions: Python {sys.version.split()[0]}, torch {torch.__version__}, torchvision "
             f"{torchvision.__version__}, Pillow {PIL.__version__}, captum {captum.__version__}, grad-cam {gc}\n"

@@ -43,7 +43,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -52,6 +51,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -399,12 +400,7 @@ def machine() -> str:
         arrow = pyarrow.__version__
     except ImportError:
         arrow = "not installed"
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     load = ", load average before the run {:.2f}".format(os.getloadavg()[0]) if hasattr(os, "getloadavg") else ""
     return (f"{cpu}, {os.cpu_count()} logical CPUs{load}; Python {sys.version.split()[0]}, torch {torch.__version__}, "
             f"NumPy {numpy.__version__}, Pillow {PIL.__version__}, pyarrow {arrow}")
