@@ -13,8 +13,11 @@ preprocesses each image as the command line does and returns one row per (image,
 --no-overlays`` with the same settings), ``source`` (the row's path as given), ``size``, ``mtime_ns``
 (null: a batch carries no file metadata), ``width``, ``height`` (the decoded picture's), ``location`` (null),
 ``record`` (the manifest record as JSON, with what a method adds), ``map`` (the map's bytes, little-endian),
-``map_shape`` ([H, W]), ``map_dtype`` (float32 or float16), ``overlay_png`` (null: render overlays later with
-``salcli render``). ``np.frombuffer(row["map"], dtype=row["map_dtype"]).reshape(row["map_shape"])`` is the map.
+``map_shape`` ([H, W], or a layer's [h, w]: see below), ``map_dtype`` (float32 or float16), ``overlay_png`` (null:
+render overlays later with ``salcli render``). ``np.frombuffer(row["map"], dtype=row["map_dtype"]).reshape(
+row["map_shape"])`` is the map. As with ``--format parquet``, the CAM family's maps are kept at their layer's
+resolution (``layer_maps="native"``; ``"input"`` resizes them first): such a row's ``record`` says ``upsample``,
+and ``salcli.maps.at_input(map, json.loads(row["record"]))`` is the map at the input's size.
 
 A batch is a dict of columns (Ray's ``numpy`` batches), a pandas DataFrame or a pyarrow Table, with:
 - the image, from the first of these columns it has: ``image`` (decoded pixels: uint8 (N, H, W[, C]) or one
@@ -43,6 +46,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from . import images, provenance, streams
+from .maps import UPSAMPLE
 from .errors import UsageError, setting
 
 PICTURE_COLUMNS = ("image", "bytes", "content")  # where a row's picture is looked for, in this order
@@ -110,8 +114,8 @@ class BatchExplainer:
                  channels: int | None = None, target: str | int | None = None, layer: str | None = None,
                  device: str | None = None, batch_size: int | str | None = None, chunk: int | str | None = None,
                  precision: str | None = None, optimize: bool | None = None, seed: int | None = None,
-                 map_dtype: str | None = None, root: str | os.PathLike | None = None, column: str | None = None,
-                 output: str | None = None) -> None:
+                 map_dtype: str | None = None, layer_maps: str = "native", root: str | os.PathLike | None = None,
+                 column: str | None = None, output: str | None = None) -> None:
         from .config import build_config
         from .resolve import resolve
 
@@ -130,6 +134,7 @@ class BatchExplainer:
             "mean": mean, "std": std, "channels": channels, "target": None if target is None else str(target),
             "layer": layer, "device": device, "batch_size": batch_size, "chunk": chunk, "precision": precision,
             "optimize": optimize, "seed": seed, "map_dtype": map_dtype,
+            "layer_maps": layer_maps,  # as --format parquet: the CAM family's maps at their layer's size
             "overlays": False,  # no overlays are drawn here: the settings are those of --no-overlays
         }
         self.config = build_config(cli)
@@ -270,6 +275,9 @@ class BatchExplainer:
             where = {row: n for n, row in enumerate(rows)}
             extras = result.extras.get(m.name, {})
             maps = result.maps[m.name].numpy() if rows else None
+            size = (self.resolved.preprocess.crop,) * 2
+            if maps is not None and tuple(maps.shape[1:]) != size:  # a layer's map, stored at its size
+                extras = {**extras, "upsample": [{**UPSAMPLE, "size": list(size)}] * len(rows)}
             for j, (_, key, _, fields) in enumerate(good):
                 if j not in where:
                     done[j].append(self._row(key, m.name, "error", f"{m.name} failed: {type(failure).__name__}: "

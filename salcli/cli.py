@@ -221,6 +221,11 @@ def explain(
                                      "stored (nor the report's copy of each picture)."),
     map_dtype: Optional[str] = typer.Option(None, "--map-dtype", help="float32, or float16 (half the bytes; read "
                                             "back as float32). [default: float32]", show_default=False),
+    layer_maps: Optional[str] = typer.Option(None, "--layer-maps", help="input: store the CAM family's maps "
+                                             "resized to the model input; native: at their layer's size (7x7 "
+                                             "for a ResNet), with the upsampling in the record; readers resize "
+                                             "them. [default: native with --format parquet or webdataset, else "
+                                             "input]", show_default=False),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images whose outputs already exist."),
     prune: bool = typer.Option(False, "--prune", help="Remove the outputs and manifest records of images that "
                                "are no longer among the inputs (deleted or moved since an earlier run into OUT)."),
@@ -255,7 +260,7 @@ def explain(
            "chunk": chunk, "workers": workers, "precision": precision, "optimize": optimize, "seed": seed,
            "colormap": colormap, "alpha": alpha, "overlay_on": overlay_on, "overlay_size": overlay_size,
            "sign": sign, "scale": scale, "format": output_format, "overlays": False if no_overlays else None,
-           "map_dtype": map_dtype,
+           "map_dtype": map_dtype, "layer_maps": layer_maps,
            "overwrite": overwrite or None, "prune": prune or None, "shard": shard, "no_shard": no_shard or None,
            "files_from": files_from, "root": root, "max_failures": max_failures, "json": as_json or None, "quiet": quiet or None}
     try:

@@ -91,6 +91,8 @@ class RunConfig:
     format: str = "files"  # the output sink (outputs/sinks/): files, parquet or webdataset
     overlays: bool = True  # draw and store an overlay per map (--no-overlays: maps only)
     map_dtype: str = "float32"  # how maps are stored: float32, or float16 (half the bytes; read back as float32)
+    layer_maps: str = "input"  # the CAM family's maps stored at the input's size, or at the layer's ("native");
+    # unset on the command line: native with a packed --format, input with files
     overwrite: bool = False
     shard: tuple[int, int] | None = None
     shard_source: str | None = None  # where ``shard`` came from, in words (see ``parse_shard``)
@@ -428,15 +430,21 @@ def check_device(device: str) -> str:
 
 
 MAP_DTYPES = ("float32", "float16")
+LAYER_MAPS = ("input", "native")  # engine.LAYER_MAPS (config imports no torch)
 
 
 def check_output(values: dict[str, Any]) -> None:
-    """``--format`` (a registered sink, whose libraries are installed) and ``--map-dtype``; usage errors."""
+    """``--format`` (a registered sink, whose libraries are installed), ``--map-dtype`` and ``--layer-maps``
+    (unset: ``native`` with a packed format, ``input`` with files); usage errors."""
     from .outputs import sinks  # numpy and the sink modules, no torch
 
     sinks.get(str(values.get("format", "files"))).require()  # unknown: a usage error listing the formats
     if values.get("map_dtype", "float32") not in MAP_DTYPES:
         raise UsageError(f"{setting('map_dtype')} takes {' or '.join(MAP_DTYPES)}; got '{values['map_dtype']}'")
+    if values.get("layer_maps") is None:
+        values["layer_maps"] = "input" if values.get("format", "files") == "files" else "native"
+    if values["layer_maps"] not in LAYER_MAPS:
+        raise UsageError(f"{setting('layer_maps')} takes {' or '.join(LAYER_MAPS)}; got '{values['layer_maps']}'")
 
 
 OVERLAY_ON = ("original", "input")

@@ -97,6 +97,9 @@ def load_references(folder: str, preprocess: Preprocess, device: torch.device) -
     return torch.from_numpy(np.stack(tensors)).to(device)
 
 
+LAYER_MAPS = ("input", "native")  # --layer-maps
+
+
 class Explainer:
     """Saliency maps for batches, with every setting fixed once.
 
@@ -106,7 +109,9 @@ class Explainer:
     input went through, for pixel-space baselines (``black``) and reference images; without either, inputs are
     taken to be pixels in [0, 1]. ``chunk``: most model inputs per pass (an int, or "auto"). ``precision``:
     "fp32" or "bf16" (autocast). ``optimize``: fold BatchNorm and use channels_last, on a copy; only for models
-    salcli loaded. ``seed``: random draws depend on it and each image's key only.
+    salcli loaded. ``seed``: random draws depend on it and each image's key only. ``layer_maps``: "input" (every
+    map at the input's (H, W)) or "native" (the CAM family's maps at their layer's (h, w); ``maps.upsample``
+    brings them to (H, W)).
     """
 
     def __init__(self, model: nn.Module, methods: Sequence[str | registry.Method] | str = ("vanilla",), *,
@@ -115,8 +120,11 @@ class Explainer:
                  std: Sequence[float] | None = None, chunk: int | str = "auto", batch_size: int = 8,
                  precision: str = "fp32", optimize: bool = False, seed: int = 0,
                  device: torch.device | str | None = None,
-                 references: dict[str, torch.Tensor] | None = None) -> None:
+                 references: dict[str, torch.Tensor] | None = None, layer_maps: str = "input") -> None:
+        if layer_maps not in LAYER_MAPS:
+            raise UsageError(f"layer_maps takes {' or '.join(LAYER_MAPS)}; got {layer_maps!r}")
         self.model = model
+        self.layer_maps = layer_maps
         self.methods = make_methods(methods, params)
         if (mean is None) != (std is None):
             raise UsageError(f"give both {setting('mean')} and {setting('std')}, or neither")
@@ -182,7 +190,7 @@ class Explainer:
                          preprocess=self.preprocess, mean=self._mean, std=self._std,
                          chunk=self.chunk if self.prepared else self.chunk_setting, batch_size=self.batch_size,
                          precision=self.precision, optimize=self.optimize, seed=self.seed, device=self.device,
-                         references=self.references)
+                         references=self.references, layer_maps=self.layer_maps)
 
     # ------------------------------------------------------------------------------------------ calls
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,13 +251,15 @@ class Explainer:
         return result
 
     def attribute(self, method: str, x: torch.Tensor, target: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
-        """One method's maps (B, H, W) float32 on the engine's device for x and the given targets; errors raise."""
+        """One method's maps (B, H, W) float32 on the engine's device for x and the given targets (at the input's
+        resolution, whatever ``layer_maps`` says); errors raise."""
         self._ready(x)
         m = next((m for m in self.methods if m.name == method), None)
         if m is None:
             raise UsageError(f"this engine was not configured with {method}")
         x = self._input(x)
-        maps, _ = self._attribute(m, x, target.to(self.device), self._context(list(keys), None, m.name))
+        ctx = dataclasses.replace(self._context(list(keys), None, m.name), native=False)
+        maps, _ = self._attribute(m, x, target.to(self.device), ctx)
         return maps.detach().float()
 
     # ------------------------------------------------------------------------------------------ internals
@@ -274,7 +284,7 @@ class Explainer:
         pre = self.preprocess
         return registry.Context(keys=keys, seed=self.seed, layer=self.layer, primal=primal, chunk=self.chunk,
                                mean=pre.mean if pre else None, std=pre.std if pre else None,
-                               references=self.references.get(method))
+                               references=self.references.get(method), native=self.layer_maps == "native")
 
     def _forward(self, x, keys, target, pending):
         """The batch's forward pass (kept with its graph when a single-pass method will reuse it)."""

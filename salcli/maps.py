@@ -33,6 +33,51 @@ def resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
 
 
+
+# A layer map (Grad-CAM's 7x7) may be stored at its own resolution (``--layer-maps native``); its record says
+# ``upsample`` and every reader brings it to the input's resolution with this one function, in NumPy (``salcli
+# render`` has no torch). It is the bilinear resize ``resize`` does (PyTorch's ``interpolate``, align_corners=False:
+# source coordinate (i + 0.5) * in / out - 0.5, clamped at 0), equal to it up to float32 rounding (a few ulp).
+UPSAMPLE = {"mode": "bilinear", "align_corners": False}
+
+
+def _taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each output index along one axis: the two source indices and their weights."""
+    d = np.arange(n_out, dtype=np.float32)
+    src = np.maximum((d + np.float32(0.5)) * np.float32(n_in / n_out) - np.float32(0.5), np.float32(0.0))
+    lo = np.minimum(src.astype(np.int64), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    w_hi = (src - lo.astype(np.float32)).astype(np.float32)
+    return lo, hi, (np.float32(1.0) - w_hi).astype(np.float32), w_hi
+
+
+def upsample(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) -> (H, W) float32, bilinear with align_corners=False (see ``UPSAMPLE``); a map already of that
+    size comes back as float32 unchanged."""
+    m = np.asarray(m, dtype=np.float32)
+    if m.ndim != 2:
+        raise ValueError(f"a map is 2-D (h, w); got shape {m.shape}")
+    size = (int(size[0]), int(size[1]))
+    if m.shape == size:
+        return m
+    if min(size) < 1 or not m.size:
+        raise ValueError(f"cannot resize a {m.shape} map to {size}")
+    r0, r1, a0, a1 = _taps(m.shape[0], size[0])
+    c0, c1, b0, b1 = _taps(m.shape[1], size[1])
+    top, bottom = m[r0], m[r1]
+    rows = a0[:, None] * (b0 * top[:, c0] + b1 * top[:, c1]) + a1[:, None] * (b0 * bottom[:, c0] + b1 * bottom[:, c1])
+    return rows.astype(np.float32, copy=False)
+
+
+def at_input(m: np.ndarray, record: dict) -> np.ndarray:
+    """A stored map at the model input's resolution: upsampled as its record's ``upsample`` says, else as it is."""
+    how = record.get("upsample")
+    if not how:
+        return m
+    if how.get("mode") != "bilinear" or how.get("align_corners") not in (False, None):
+        raise ValueError(f"unknown upsampling {how!r} in the record of {record.get('image')!r}")
+    return upsample(m, tuple(how["size"]))
+
 # ---------------------------------------------------------------------------------------------- display
 # How a map is shown (never how it is computed: the .npy keeps the raw values). A map is drawn in one of four modes:
 #   all       signed: m / hi in [-1, 1], 0 stays 0 (a diverging colormap centred on 0)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from . import images, outputs, overlay, provenance
+from . import images, maps, outputs, overlay, provenance
 from .config import RunConfig
 from .engine import ModelFailure
 from .outputs.journal import PRUNED
@@ -306,12 +306,18 @@ def _explain_batch(job: Job, batch: dict, writer: outputs.OutputWriter) -> None:
             continue
         saliency = result.maps[m.name].numpy()
         extras = result.extras.get(m.name, {})
+        # a layer map kept at its layer's size (--layer-maps native) is stored as it is; its record says how to
+        # bring it to the input's size, and the overlay is drawn from it resized so, as every reader resizes it
+        size = tuple(batch["pixels"].shape[1:3])
+        native = tuple(saliency.shape[1:]) != size
+        upsample = {"upsample": {**maps.UPSAMPLE, "size": list(size)}} if native else {}
         for row, i in enumerate(done):
+            shown = maps.upsample(saliency[row], size) if native else saliency[row]
             rec = provenance.record(keys[i], m.name, job.settings[m.name], status="ok", error=None, **facts[i],
                                     **origins[keys[i]], **job.content[keys[i]],
-                                    **{n: values[row] for n, values in extras.items()},
-                                    **overlay.record_fields(display, m, good[i], saliency[row]))
-            writer.submit(rec, saliency[row], _renderer(job, display, m, good[i], saliency[row], facts[i]))
+                                    **{n: values[row] for n, values in extras.items()}, **upsample,
+                                    **overlay.record_fields(display, m, good[i], shown))
+            writer.submit(rec, saliency[row], _renderer(job, display, m, good[i], shown, facts[i]))
 
 
 def _renderer(job: Job, display: overlay.Display, method, item: dict[str, Any], saliency: np.ndarray,

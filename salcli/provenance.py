@@ -59,8 +59,12 @@ def method_settings(resolved) -> dict[str, str]:
         common["overlays"] = False
     if config.map_dtype != "float32":
         common["map_dtype"] = config.map_dtype
+    # a layer map kept at the layer's size (--layer-maps native) is another array: named only then, and only for
+    # the methods whose map is a layer's
     return {m.name: fingerprint({**common, "method": m.name, "params": _params(m.params),
-                                 **({"layer": resolved.layer} if m.needs_layer else {})})
+                                 **({"layer": resolved.layer} if m.needs_layer else {}),
+                                 **({"layer_maps": "native"} if m.layer_map and config.layer_maps == "native"
+                                    else {})})
             for m in resolved.methods}
 
 

@@ -75,7 +75,7 @@ def resolve(config: RunConfig, reporter=None, *, default_batch: int | None = Non
         batch_size = default_batch or auto_batch(preprocess, device)
     explainer = Explainer(loaded.module, chosen, layer=config.layer, preprocess=preprocess, chunk=config.chunk,
                           batch_size=batch_size, precision=config.precision, optimize=config.optimize,
-                          seed=config.seed, device=device)
+                          seed=config.seed, device=device, layer_maps=config.layer_maps)
     return Resolved(config, preprocess, labels, loaded, device, target, batch_size, explainer)
 
 

@@ -66,6 +66,7 @@ class Preset(_Strict):
     format: str | None = None
     overlays: bool | None = None
     map_dtype: Literal["float32", "float16"] | None = None
+    layer_maps: Literal["input", "native"] | None = None
 
 
 KEYS = tuple(name for name in Preset.model_fields if name != "params")

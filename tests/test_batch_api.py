@@ -27,13 +27,14 @@ SETTINGS = {"methods": METHODS, "params": {"smoothgrad": {"samples": 8}}, "seed"
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory) -> Path:
-    """``salcli explain`` on the sample images, maps only (the batch API draws no overlays)."""
+    """``salcli explain`` on the sample images, maps only (the batch API draws no overlays), the CAM family's at
+    their layer's size (the batch API's default, as --format parquet's; the files format stores them so too)."""
     from typer.testing import CliRunner
 
     from salcli.cli import app
 
     out = tmp_path_factory.mktemp("cli") / "out"
-    args = ["explain", str(ROOT), "-o", str(out), "-q", "--seed", "3", "--no-overlays",
+    args = ["explain", str(ROOT), "-o", str(out), "-q", "--seed", "3", "--no-overlays", "--layer-maps", "native",
             "-p", "smoothgrad.samples=8"]
     for name in METHODS:
         args += ["-m", name]
@@ -72,10 +73,14 @@ def assert_cli_rows(rows: list[dict], records: dict, cli_run: Path, count: int, 
         ref = records[(row["image"], row["method"])]
         cli_map = np.load(cli_run / ref["npy"])
         ours = to_map(row)
-        assert ours.dtype == np.float32 and ours.shape == cli_map.shape == (28, 28)
+        native = row["method"] == "gradcam"  # the builtin model's last convolution: 7x7
+        assert ours.dtype == np.float32 and ours.shape == cli_map.shape == ((7, 7) if native else (28, 28))
         assert np.array_equal(ours.view(np.uint32), cli_map.view(np.uint32)), (row["image"], row["method"])
         for field in ("pred", "pred_label", "target", "target_label", "settings", "width", "height"):
             assert row[field] == ref[field], field
+        upsample = json.loads(row["record"]).get("upsample")
+        assert upsample == ref.get("upsample") == ({"mode": "bilinear", "align_corners": False, "size": [28, 28]}
+                                                   if native else None)
         assert row["error"] is None and json.loads(row["record"])["settings"] == ref["settings"]
 
 

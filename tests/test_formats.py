@@ -47,7 +47,10 @@ def images(tmp_path_factory) -> Path:
 
 
 def explain(cli, images: Path, out: Path, *args, expect: int = 0) -> dict:
-    """``salcli explain`` in-process with the builtin model; its --json summary."""
+    """``salcli explain`` in-process with the builtin model; its --json summary. Layer maps at the input's size
+    in every format, to compare them bit for bit (``--layer-maps native`` is tested on its own below)."""
+    if "--layer-maps" not in args:
+        args = ("--layer-maps", "input", *args)
     done = cli("explain", images, "-o", out, "-m", METHODS, "--device", "cpu", "--json", "-q", *args, expect=expect)
     return json.loads(done.stdout) if expect in (0, 1) else {}
 

@@ -484,6 +484,7 @@ OUTPUT_SETTINGS = {
     "scale": lambda s, d: s.with_config(scale=d.draw(st.one_of(st.just("run"), st.floats(1e-9, 1e9).map(str)))),
     "overlays": lambda s, d: s.with_config(overlays=False),  # --no-overlays: no overlay stored
     "map_dtype": lambda s, d: s.with_config(map_dtype="float16"),  # other bytes in every format
+    "layer_maps": lambda s, d: s.with_config(layer_maps="native"),  # the CAM family's maps at the layer's size
 }
 
 
@@ -500,6 +501,10 @@ def test_every_setting_that_changes_outputs_changes_every_fingerprint(resolved, 
         if name == "layer" and not registry.get(method).needs_layer:
             # the layer is the CAM family's: vanilla's map does not depend on it, so its outputs are kept
             assert after[method] == before[method], f"changing the layer changes {method}'s fingerprint"
+            continue
+        if name == "layer_maps" and not registry.get(method).layer_map:
+            # only a layer's map is stored at another size: vanilla's and smoothgrad's outputs are kept
+            assert after[method] == before[method], f"--layer-maps changes {method}'s fingerprint"
             continue
         assert after[method] != before[method], f"changing {name} does not change {method}'s fingerprint"
 
@@ -595,7 +600,7 @@ NEUTRAL_SETTINGS = {
 # preprocessing, the labels, the methods and their params, the target, the layer, the weights' key and checksums)
 OUTPUT_FIELDS = {"model", "weights", "weights_key", "preprocess", "labels", "methods", "params", "target", "layer",
                  "seed", "precision", "colormap", "alpha", "overlay_on", "overlay_size", "sign", "scale", "overlays",
-                 "map_dtype"}
+                 "map_dtype", "layer_maps"}
 
 
 def test_every_run_setting_is_classified():
@@ -845,6 +850,7 @@ PINNED = {
     ("no_overlays",): {"vanilla": "3db7c1385297d8d9", "gradcam": "32c22ab99bae72a9",
                        "smoothgrad": "32af625f17091dbd"},
     ("float16",): {"vanilla": "449c40ebf191cdee", "gradcam": "b54a2ec8323dac23", "smoothgrad": "d233e2da6943ab9f"},
+    ("layer_maps",): {"vanilla": "e9e5bdacee135d1a", "gradcam": "ddbc7e0f18bd5039", "smoothgrad": "88902e34cdca50c5"},
 }
 
 
@@ -855,6 +861,7 @@ def _pinned_cases(standin):
         ("weights_key",): standin.with_model(weights={"key": "model_ema"}),
         ("no_overlays",): standin.with_config(overlays=False),
         ("float16",): standin.with_config(map_dtype="float16"),
+        ("layer_maps",): standin.with_config(layer_maps="native"),
     }
 
 
@@ -862,8 +869,10 @@ def test_fingerprints_are_pinned():
     cases = {k: provenance.method_settings(v) for k, v in _pinned_cases(_pinned_standin()).items()}
     for key, expected in PINNED.items():
         assert cases[key] == expected, key
-    values = [fp for case in cases.values() for fp in case.values()]
-    assert len(set(values)) == len(values)  # every case and method differs from every other
+    assert {m: v for m, v in cases[("layer_maps",)].items() if m != "gradcam"} == {
+        m: v for m, v in cases[()].items() if m != "gradcam"}  # --layer-maps changes only the layer's maps
+    values = [fp for key, case in cases.items() for m, fp in case.items() if key != ("layer_maps",) or m == "gradcam"]
+    assert len(set(values)) == len(values)  # every other case and method differs from every other
 
 
 def test_reference_folder_fingerprint_is_pinned_and_sees_names_and_bytes(tmp_path):

@@ -183,7 +183,7 @@ class Memory(outputs.sinks.Sink):
     def complete(self, record):
         return (record["method"], record["image"]) in self.maps
 
-    def load_map(self, record):
+    def read_map(self, record):
         return self.maps[(record["method"], record["image"])]
 
     def overlay_link(self, record):

@@ -33,6 +33,7 @@ class Context:
     mean: tuple[float, ...] | None = None  # the preprocessing's normalization, to build pixel-space baselines;
     std: tuple[float, ...] | None = None  # None: the input is taken to be pixels in [0, 1]
     references: torch.Tensor | None = None  # (R, C, H, W) reference images, for methods that take them
+    native: bool = False  # a layer_map method returns its map at the layer's resolution (--layer-maps native)
 
     def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixel values in [0, 1] (..., C, H, W) -> the model's normalized input space."""
@@ -63,6 +64,7 @@ class Method:
     paper: ClassVar[str] = ""
     convention: ClassVar[str] = ""
     needs_layer: ClassVar[bool] = False
+    layer_map: ClassVar[bool] = False  # its map is a layer's map resized to the input (kept native on request)
     signed: ClassVar[bool | None] = None  # maps may be negative (drawn with a diverging colormap); None: by convention
     uses_primal: ClassVar[bool] = False  # can reuse Context.primal
     Params: ClassVar[type] = NoParams

@@ -1,11 +1,13 @@
 """The CAM family: maps built from one layer's activations A (B, K, h, w) and, for most, the gradient
 g = ∂y_t/∂A. A base class owns the capture and the backward pass, which stops at the layer; each variant
 only says how it combines A and g. Every map is ReLU(cam) bilinearly resized to (H, W), raw (not min-max
-scaled), float32.
+scaled), float32; with ``Context.native`` (``--layer-maps native``) the map stays at the layer's (h, w), and
+``maps.at_input`` resizes it when it is read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -43,11 +45,18 @@ def layer_activations(model: nn.Module, x: torch.Tensor, target: torch.Tensor, s
     return acts, (spec.to_map(grad).float() if grad is not None else None)
 
 
+def finish(cam: torch.Tensor, x: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """ReLU of the layer map (B, h, w), resized to the input's (H, W) unless ``ctx.native``; float32."""
+    cam = cam.clamp(min=0)
+    return cam.float() if ctx.native else maps.resize(cam, tuple(x.shape[-2:])).float()
+
+
 class _Cam(Method):
     """Base: capture A (and g), ``cam(A, g)`` -> (B, h, w), ReLU, resize to the input."""
 
     family = "cam"
     needs_layer = True
+    layer_map = True
     convention = "ReLU of the layer map, bilinearly resized to (H, W), raw values >= 0"
     with_grad: ClassVar[bool] = True
 
@@ -59,7 +68,7 @@ class _Cam(Method):
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, ctx: Context) -> torch.Tensor:
         acts, grads = layer_activations(model, x, target, layer_of(model, x, ctx), self.with_grad)
-        return maps.resize(self.cam(acts, grads).clamp(min=0), tuple(x.shape[-2:])).float()
+        return finish(self.cam(acts, grads), x, ctx)
 
 
 class _ChannelWeights(_Cam):
@@ -211,7 +220,7 @@ class ScoreCam(_Cam):
             acts = acts.gather(1, order[:, :, None, None].expand(-1, -1, *acts.shape[2:]))
         scores = self.mask_scores(model, x, target, acts, ctx.chunk).view(b, k)
         cam = (scores.softmax(dim=1)[:, :, None, None] * acts).sum(dim=1)
-        return maps.resize(cam.clamp(min=0), tuple(x.shape[-2:])).float()
+        return finish(cam, x, ctx)
 
     @staticmethod
     def mask_scores(model: nn.Module, x: torch.Tensor, target: torch.Tensor, acts: torch.Tensor,
@@ -243,11 +252,12 @@ class GuidedGradCam(_Cam):
 
     paper = "Selvaraju et al. 2017"
     convention = "Grad-CAM map x max over channels of |guided-backprop gradient|, >= 0"
+    layer_map = False  # a pixel-level map
 
     def passes(self) -> str:
         return "1 forward + 1 backward to the layer, then 1 forward + 1 backward to the input"
 
     def attribute(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, ctx: Context) -> torch.Tensor:
-        cam = GradCam().attribute(model, x, target, ctx)
+        cam = GradCam().attribute(model, x, target, dataclasses.replace(ctx, native=False))  # at (H, W)
         guided = rule_gradient(model, x, target, guided=True, chunk=ctx.chunk, method=self.name)
         return (maps.max_abs_channels(guided) * cam).float()

@@ -230,7 +230,7 @@ class Packed(Sink):
                 return False
         return self._exists(where[0])
 
-    def load_map(self, record: dict[str, Any]) -> np.ndarray:
+    def read_map(self, record: dict[str, Any]) -> np.ndarray:
         where = self._where(record.get("npy"))
         if where is None:
             raise ValueError(f"{record.get('npy')!r} names no row of a {self.name} part in {self.folder}/")

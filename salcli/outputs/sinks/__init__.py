@@ -14,7 +14,8 @@ overlays=False, map_dtype="float16")`` (a run's, to write: ``--shard``, ``--no-o
 - ``s.fields(method, key) -> {field: str | None}``: what the sink puts in the manifest record of image ``key``
   (its relative path) and ``method``. It always holds ``npy`` and ``overlay`` (paths relative to OUT for
   ``files``; a packed sink says where inside its part files). A failed write sets these fields to None.
-- ``s.write(record, saliency, render) -> None``: store the map ``saliency`` (H, W) float32 (as ``s.map_dtype``)
+- ``s.write(record, saliency, render) -> None``: store the map ``saliency`` (H, W) float32, or a layer's (h, w)
+  when ``record`` says ``upsample`` (``--layer-maps native``), as it is (in ``s.map_dtype``)
   and, when ``s.overlays``, the overlay ``render()`` (H', W', 3) uint8 of ``record`` (which already holds
   ``fields``; without overlays ``render`` is never called and ``overlay`` is None). Called from several writer
   threads at once; whole or nothing: on an exception nothing of this record may look complete.
@@ -22,8 +23,10 @@ overlays=False, map_dtype="float16")`` (a run's, to write: ``--shard``, ``--no-o
 - ``s.complete(record) -> bool``: whether ``record``'s map and overlay are all there, so resume may skip it (a
   record whose ``overlay`` is None needs none). The record is data read back from the manifest: never look
   outside OUT because of it.
-- ``s.load_map(record) -> ndarray``: the map (H, W) float32, bit for bit what ``write`` was given (a float16 map
-  comes back upcast to float32).
+- ``s.read_map(record) -> ndarray``: the map as stored, float32, bit for bit what ``write`` was given (a float16
+  map comes back upcast to float32): (H, W), or a layer's (h, w) when the record says ``upsample``.
+- ``s.load_map(record) -> ndarray`` (given): ``read_map`` at the input's (H, W) (``maps.at_input``), what every
+  reader (evaluate, report, render) takes.
 - ``s.overlay_link(record) -> str | None``: a path relative to OUT that a browser can show for the report's
   ``<img>``; None when the sink keeps no browsable overlay file for it or the file is missing.
 - ``s.overlay_png(record) -> bytes | None``: the overlay's PNG bytes when the sink packs them (the report copies
@@ -84,7 +87,12 @@ class Sink(ABC):
     def complete(self, record: dict[str, Any]) -> bool: ...
 
     @abstractmethod
-    def load_map(self, record: dict[str, Any]) -> np.ndarray: ...
+    def read_map(self, record: dict[str, Any]) -> np.ndarray: ...
+
+    def load_map(self, record: dict[str, Any]) -> np.ndarray:
+        from ...maps import at_input  # NumPy only (render imports no torch)
+
+        return at_input(self.read_map(record), record)
 
     def overlay_link(self, record: dict[str, Any]) -> str | None:
         return None

@@ -88,7 +88,7 @@ class Files(Sink):
         wanted = paths if "overlay" not in record or record["overlay"] is not None else paths[:1]  # --no-overlays
         return all(p.is_file() for p in wanted)
 
-    def load_map(self, record: dict[str, Any]) -> np.ndarray:
+    def read_map(self, record: dict[str, Any]) -> np.ndarray:
         npy = outputs._safe_join(self.out, npy_rel(record["method"], record["image"]))
         saliency = np.load(npy, allow_pickle=False)
         return saliency.astype(np.float32) if saliency.dtype == np.float16 else saliency

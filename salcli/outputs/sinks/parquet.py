@@ -3,7 +3,8 @@
 Columns: the manifest's fields (``image``, ``method``, ``status``, ``pred``, ``pred_label``, ``prob``, ``target``,
 ``target_label``, ``score``, ``settings``, ``source``, ``size``, ``mtime_ns``, ``width``, ``height``), ``location``
 (the row's own place, as the manifest's ``npy`` says it: ``data/PART#row=N``), ``record`` (the whole manifest
-record as JSON, with what a method adds), ``map`` (the map's bytes, little-endian), ``map_shape`` ([H, W]),
+record as JSON, with what a method adds), ``map`` (the map's bytes, little-endian), ``map_shape`` ([H, W], or a
+layer map's [h, w] when the record says ``upsample``),
 ``map_dtype`` (``float32`` or ``float16``) and ``overlay_png`` (the overlay's PNG file, null with
 ``--no-overlays``). Back to an array in one line::
 
