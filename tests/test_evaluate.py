@@ -372,3 +372,124 @@ def test_boxes_from_coco_json_and_csv(tmp_path):
     with pytest.raises(UsageError) as columns:
         _read_boxes(bad)
     assert columns.value.render({}).startswith("--boxes ") and "expected columns image,x0,y0,x1,y1" in str(columns.value)
+
+
+# ---------------------------------------------------------------------------------------------- evaluation.py
+# Pinned by hand (scripts/mutation.py evaluation: these survived the end-to-end tests above).
+def test_box_masks_go_through_the_images_resize_and_crop_pixel_for_pixel():
+    from salcli.config import Preprocess
+    from salcli.evaluation import mask_at_input
+
+    # a 10 x 8 picture, short side 8 -> 16 (x2: 20 x 16), center crop 16: columns 2..17 of the resized picture
+    pre = Preprocess(resize=16, crop=16, mean=(0.5,), std=(0.25,), channels=3, interpolation="bilinear")
+    box = (2, 1, 5, 4)  # x in [2, 5), y in [1, 4) of the original: resized [4, 10) x [2, 8), cropped [2, 8)
+    expected = np.zeros((16, 16), bool)
+    expected[2:8, 2:8] = True
+    got = mask_at_input(("boxes", [box]), (10, 8), pre)
+    assert got.dtype == bool and np.array_equal(got, expected)  # nearest, not the image's bilinear: no halo
+    # an array mask given at another size than the picture is first brought to the picture's size (nearest)
+    small = np.zeros((4, 5), bool)  # (H, W) = half the picture's
+    small[1, 1:3] = True  # picture pixels x in [2, 6), y in [2, 4): resized x [4, 12), y [4, 8): cropped [2, 10)
+    expected = np.zeros((16, 16), bool)
+    expected[4:8, 2:10] = True
+    assert np.array_equal(mask_at_input(small, (10, 8), pre), expected)
+    full = np.zeros((8, 10), bool)
+    full[1:4, 2:5] = True  # the box above, as an array at the picture's size
+    assert np.array_equal(mask_at_input(full, (10, 8), pre), mask_at_input(("boxes", [box]), (10, 8), pre))
+
+
+def test_the_random_baseline_is_seeded_by_the_run_seed_and_the_key_only():
+    from salcli.evaluation import random_map
+
+    a = random_map("cat/1.png", 0, (5, 6))
+    assert a.shape == (5, 6) and float(a.min()) >= 0.0 and float(a.max()) < 1.0
+    assert torch.equal(a, random_map("cat/1.png", 0, (5, 6)))  # the same draw every time, whatever ran before
+    torch.rand(3)  # the global generator moves; the baseline does not
+    assert torch.equal(a, random_map("cat/1.png", 0, (5, 6)))
+    assert not torch.equal(a, random_map("cat/2.png", 0, (5, 6)))
+    assert not torch.equal(a, random_map("cat/1.png", 1, (5, 6)))
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """Two runs (seeds 0 and 1) of vanilla on three copies of one picture under different names."""
+    inputs = tmp_path_factory.mktemp("twins") / "imgs"
+    inputs.mkdir()
+    picture = sorted((SAMPLES / "fashion-mnist" / "Bag").glob("*.png"))[0]
+    for name in ("a.png", "b.png", "c.png"):
+        shutil.copy(picture, inputs / name)
+    outs = {}
+    for seed in (0, 1):
+        outs[seed] = inputs.parent / f"out{seed}"
+        Cli()("explain", inputs, "-o", outs[seed], "-m", "vanilla", "--seed", seed, "-q")
+    return outs
+
+
+def per_image(out) -> dict[tuple[str, str], dict]:
+    return {(r["image"], r["method"]): r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_evaluate_seeds_the_random_map_and_road_by_image_and_run(cli, twins):
+    rows = {}
+    for seed, out in twins.items():
+        evaluate(cli, out, "--no-stability")
+        doc = json.loads((out / "evaluation.json").read_text())
+        rows[seed] = per_image(out)
+        # every measure that needs no recomputed map is given for the random map too
+        assert set(rows[seed][("a.png", "random")]) == set(rows[seed][("a.png", "vanilla")])
+        assert set(doc["mean_curves"]) == {"vanilla", "random"}
+        assert set(doc["mean_curves"]["vanilla"]) == {"deletion", "deletion_road", "insertion"}
+    first = rows[0]
+    # the same picture: vanilla's map and its deletion curve are the same under each name...
+    assert first[("a.png", "vanilla")]["deletion_auc"] == first[("b.png", "vanilla")]["deletion_auc"]
+    # ...the random map is drawn per image (its key)...
+    assert len({first[(k, "random")]["deletion_auc"] for k in ("a.png", "b.png", "c.png")}) == 3
+    # ...and per run (its seed), as ROAD's imputation noise is
+    assert first[("a.png", "random")]["deletion_auc"] != rows[1][("a.png", "random")]["deletion_auc"]
+    assert first[("a.png", "vanilla")]["deletion_road_auc"] != rows[1][("a.png", "vanilla")]["deletion_road_auc"]
+
+
+def test_an_image_that_cannot_be_read_again_is_an_error_row_and_the_others_are_scored(cli, twins, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(twins[0], out)
+    source = {r["image"]: r["source"] for r in manifest(out)}
+    with open(source["a.png"], "r+b") as fh:  # damaged after the run
+        fh.truncate(20)
+    doc = json.loads(evaluate(cli, out, "--no-stability", "--json").stdout)
+    rows = list(map(json.loads, (out / "metrics.jsonl").read_text().splitlines()))
+    failed = [r for r in rows if r.get("error")]
+    assert failed == [{"image": "a.png", "method": None, "error": failed[0]["error"]}]
+    assert failed[0]["error"].startswith("cannot read the image again: ")
+    assert {(r["image"], r["method"]) for r in rows if not r.get("error")} == {
+        (k, m) for k in ("b.png", "c.png") for m in ("vanilla", "random")}
+    assert {r["method"]: r["images"] for r in doc["methods"]} == {"vanilla": 2, "random": 2}
+    for key in ("b.png", "c.png"):
+        with open(source[key], "r+b") as fh:
+            fh.truncate(20)
+    doc = json.loads(evaluate(cli, out, "--no-stability", "--json").stdout)  # nothing left to score: no crash
+    assert doc["methods"] == [] and len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_write_results_files_and_plots(tmp_path):
+    from salcli import evaluation, render
+    from salcli.outputs import SCHEMA_VERSION
+
+    curves = {"vanilla": {"deletion": [1.0, 0.5, 0.0]}, "random": {"deletion": [1.0, 0.75, 0.5]}}
+    summary = evaluation.EvalSummary(rows=[{"method": "vanilla", "images": 1}], per_image=[{"image": "a.png"}],
+                                     skipped_unannotated=2, curves=curves)
+    written = evaluation.write_results(tmp_path, summary)
+    assert written == ["metrics.jsonl", "evaluation.json", "plots/deletion.png"]
+    assert all((tmp_path / w).is_file() for w in written)
+    assert json.loads((tmp_path / "evaluation.json").read_text()) == {
+        "schema_version": SCHEMA_VERSION, "methods": [{"method": "vanilla", "images": 1}], "skipped_unannotated": 2,
+        "mean_curves": curves}
+    png = (tmp_path / "plots" / "deletion.png").read_bytes()
+    title = measures.curve_titles()["deletion"]
+    # what the README shows: the axes say what was changed and what was measured, the legend gives each AUC
+    assert png == render.line_plot({m: c["deletion"] for m, c in curves.items()}, title,
+                                   "fraction of pixels changed, most salient first",
+                                   "probability of the target class", auc=True)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "plots" / "deletion.png").text["Legend"] == (
+        "vanilla (AUC 0.500) | random (AUC 0.750)")
